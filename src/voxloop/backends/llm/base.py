@@ -1,0 +1,58 @@
+"""Language model interface: streamed chat completions with tool calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant" | "tool"
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+LlmEvent = TextDelta | ToolCall
+
+
+class LlmError(RuntimeError):
+    """The model backend failed: unreachable, timed out, or broke off mid-stream."""
+
+
+class LanguageModel(Protocol):
+    name: str
+
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        tools: list[ToolSpec] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[LlmEvent]:
+        """Yields text deltas as they come and tool calls once complete; raises LlmError.
+
+        Closing the iterator early (``aclose``) stops generation promptly.
+        """
+        ...

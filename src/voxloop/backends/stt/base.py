@@ -1,0 +1,32 @@
+"""Speech-to-text interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str
+    duration: float
+    segments: list[Segment] = field(default_factory=list)
+    engine: str = ""
+
+
+class SpeechToText(Protocol):
+    sample_rate: int  # what transcribe() expects
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        """Blocking; callers run it off the event loop. ``language`` None means detect."""
+        ...

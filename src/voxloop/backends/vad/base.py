@@ -1,0 +1,24 @@
+"""Voice activity detection interface."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class VadStream(Protocol):
+    """Per-session detector state: feed consecutive frames, get speech probabilities."""
+
+    def probability(self, frame: np.ndarray) -> float:
+        """Speech probability for one frame of ``frame_samples`` float32 samples."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+class VoiceActivityDetector(Protocol):
+    sample_rate: int
+    frame_samples: int
+
+    def new_stream(self) -> VadStream: ...

@@ -1,0 +1,85 @@
+"""All settings in one place, with their defaults.
+
+Read from environment variables prefixed ``VOXLOOP_`` and, optionally, from a TOML file named by
+``VOXLOOP_CONFIG`` (environment wins). Lists such as ``VOXLOOP_API_KEYS`` are comma-separated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voxloop"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXLOOP_", extra="ignore")
+
+    # --- server ---
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted API keys; empty accepts any client (logged)."
+    )
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled model files.")
+    warmup: bool = True
+
+    # --- speech-to-text (faster-whisper, CTranslate2 directories) ---
+    stt_model_en: str = Field("tiny.en", description="'tiny.en' (embedded) or a CTranslate2 dir.")
+    stt_model_multilingual: str = Field("base", description="'base' (embedded) or a CT2 dir.")
+    stt_threads: int = 2
+    stt_beam_size: int = 1
+
+    # --- text-to-speech ---
+    tts_threads: int = 1
+    default_voice: str = "F1"
+    default_language: str = "en"
+    max_tts_chars: int = Field(5000, description="Longest text one TTS request may carry.")
+
+    # --- language model ---
+    llm_backend: Literal["llama", "openai"] = "llama"
+    llm_model: str = Field("qwen2.5-0.5b", description="'qwen2.5-0.5b', 'qwen2.5-1.5b' or a .gguf")
+    llm_context: int = 4096
+    llm_threads: int = 1
+    llm_batch_threads: int = 2
+    llm_base_url: str = "http://127.0.0.1:8000/v1"
+    llm_api_key: str = ""
+    llm_remote_model: str = "default"
+    llm_timeout_s: float = 30.0
+    llm_max_tokens: int = 256
+    llm_temperature: float = 0.6
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("VOXLOOP_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
