@@ -1,0 +1,155 @@
+"""Any OpenAI-compatible chat server (vLLM, llama.cpp server, Ollama, hosted APIs) as the language model."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, ToolCall, ToolSpec
+from voxloop.config import Settings
+
+
+def openai_tools(tools: list[ToolSpec] | None) -> list[dict[str, Any]]:
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in tools or ()
+    ]
+
+
+def openai_messages(messages: list[ChatMessage], arguments_as_json: bool = True) -> list[dict[str, Any]]:
+    """Messages in OpenAI's wire shape.
+
+    The API wants tool-call arguments as a JSON string; chat templates (``arguments | tojson``) want
+    the object itself, hence ``arguments_as_json``.
+    """
+    rendered: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.tool_calls:
+            item["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.name,
+                        "arguments": json.dumps(call.arguments) if arguments_as_json else call.arguments,
+                    },
+                }
+                for call in message.tool_calls
+            ]
+        if message.role == "tool":
+            item["tool_call_id"] = message.tool_call_id or ""
+        rendered.append(item)
+    return rendered
+
+
+class OpenAiLlm:
+    """Streams ``/chat/completions`` (server-sent events) from an OpenAI-compatible server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.name = f"openai:{settings.llm_remote_model}"
+        self._settings = settings
+        self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+        headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+        # One timeout for connecting and for the gap between two chunks of the stream.
+        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(settings.llm_timeout_s))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        tools: list[ToolSpec] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[LlmEvent]:
+        body: dict[str, Any] = {
+            "model": self._settings.llm_remote_model,
+            "messages": openai_messages(messages),
+            "stream": True,
+            "max_tokens": max_tokens or self._settings.llm_max_tokens,
+            "temperature": self._settings.llm_temperature if temperature is None else temperature,
+        }
+        if tools:
+            body["tools"] = openai_tools(tools)
+        try:
+            async with self._client.stream("POST", self._url, json=body) as response:
+                if response.status_code >= 400:
+                    raise LlmError(
+                        f"LLM server {self._url} answered HTTP {response.status_code}: "
+                        f"{await _error_detail(response)}"
+                    )
+                async for event in _parse_stream(response.aiter_lines()):
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise LlmError(
+                f"LLM server {self._url} sent nothing for {self._settings.llm_timeout_s:g} s "
+                f"({type(exc).__name__})"
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise LlmError(f"cannot connect to LLM server {self._url}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise LlmError(f"LLM stream from {self._url} broke off: {exc!r}") from exc
+
+
+async def _error_detail(response: httpx.Response, limit: int = 500) -> str:
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return body[:limit].decode(errors="replace").strip() or response.reason_phrase
+
+
+async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[LlmEvent]:
+    """Text deltas as they arrive; tool calls (streamed in index-keyed pieces) once the stream ends."""
+    calls: dict[int, dict[str, str]] = {}
+    saw_data = finished = False
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank separators, `event:` and `:` keep-alive comments
+        payload = line[5:].strip()
+        saw_data = True
+        if payload == "[DONE]":
+            finished = True
+            break
+        try:
+            chunk = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise LlmError(f"malformed event in LLM stream: {payload[:200]!r}") from exc
+        if not isinstance(chunk, dict):
+            raise LlmError(f"malformed event in LLM stream: {payload[:200]!r}")
+        if chunk.get("error"):
+            raise LlmError(f"LLM server reported an error mid-stream: {chunk['error']}")
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                yield TextDelta(delta["content"])
+            for part in delta.get("tool_calls") or ():
+                slot = calls.setdefault(part.get("index", 0), {"id": "", "name": "", "arguments": ""})
+                function = part.get("function") or {}
+                slot["id"] = part.get("id") or slot["id"]
+                slot["name"] = function.get("name") or slot["name"]
+                slot["arguments"] += function.get("arguments") or ""
+            finished = finished or bool(choice.get("finish_reason"))
+    if not finished:
+        if not saw_data:
+            raise LlmError("LLM server sent no server-sent events (does it support stream=true?)")
+        raise LlmError("LLM stream ended before the answer was complete")
+    for index in sorted(calls):
+        yield _tool_call(calls[index])
+
+
+def _tool_call(slot: dict[str, str]) -> ToolCall:
+    try:
+        arguments = json.loads(slot["arguments"] or "{}")
+    except json.JSONDecodeError as exc:
+        raise LlmError(f"tool call {slot['name']!r} has malformed arguments: {slot['arguments'][:200]!r}") from exc
+    if not slot["name"] or not isinstance(arguments, dict):
+        raise LlmError(f"malformed tool call in LLM stream: {slot}")
+    return ToolCall(id=slot["id"] or f"call_{uuid.uuid4().hex}", name=slot["name"], arguments=arguments)

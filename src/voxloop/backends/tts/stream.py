@@ -1,0 +1,44 @@
+"""Synthesis as an async stream of wire-ready PCM16 at the client's rate, sentence by sentence."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxloop.audio.pcm import float_to_pcm16, resample
+from voxloop.backends import workers
+from voxloop.backends.tts.base import Voice
+from voxloop.backends.tts.voices import Speaker
+
+
+@dataclass
+class RenderedSpeech:
+    pcm: bytes  # S16LE mono at ``sample_rate``
+    sample_rate: int
+    text: str
+    audio: np.ndarray  # float32 at ``sample_rate``, for visemes and metering
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+async def speak(
+    speaker: Speaker, text: str, voice: Voice, language: str, speed: float, sample_rate: int
+) -> AsyncIterator[RenderedSpeech]:
+    """Runs synthesis on the speech workers; closing the iterator stops it after the current sentence."""
+
+    def render():
+        for chunk in speaker.synthesize(text, voice, language, speed):
+            audio = resample(chunk.audio, chunk.sample_rate, sample_rate)
+            yield RenderedSpeech(float_to_pcm16(audio), sample_rate, chunk.text, audio)
+
+    async for rendered in workers.iterate_in(workers.SPEECH, render, buffer=2):
+        yield rendered
+
+
+def frames(pcm: bytes, sample_rate: int, frame_ms: int = 40) -> list[bytes]:
+    size = 2 * sample_rate * frame_ms // 1000
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]

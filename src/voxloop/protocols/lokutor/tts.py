@@ -1,0 +1,110 @@
+"""Lokutor streaming TTS (seed 001) at ``/ws`` and ``/ws/tts``.
+
+One JSON request per synthesis; answered by binary S16LE 44.1 kHz chunks (40 ms), viseme JSON
+arrays when asked, then the text frame ``EOS``. Any problem is answered ``ERR: <message>`` and
+the connection stays open for the next request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from voxloop.backends.registry import Backends
+from voxloop.backends.tts.base import Voice
+from voxloop.backends.tts.stream import frames, speak
+from voxloop.backends.tts.visemes import visemes_for
+from voxloop.server.metrics import TTS_FIRST_AUDIO
+
+log = logging.getLogger(__name__)
+
+OUTPUT_RATE = 44100
+
+
+class TtsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: StrictStr
+    voice: StrictStr | None = None
+    lang: StrictStr | None = Field(None, validation_alias=AliasChoices("lang", "language"))
+    speed: float = Field(1.05, ge=0.25, le=4.0)
+    steps: int = Field(5, ge=1, le=100)  # accepted for compatibility; our voices have no steps
+    version: StrictStr = "versa-1.0"
+    visemes: StrictBool = False
+
+
+def describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "request"
+    return f"invalid '{where}': {first['msg']}"
+
+
+def parse_request(raw: str, max_chars: int) -> TtsRequest:
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"request is not valid JSON ({exc.msg})") from exc
+    if not isinstance(payload, dict):
+        raise ValueError("request must be a JSON object with a 'text' field")
+    try:
+        request = TtsRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise ValueError(describe(exc)) from exc
+    if not request.text.strip():
+        raise ValueError("'text' is empty")
+    if len(request.text) > max_chars:
+        raise ValueError(f"'text' is too long ({len(request.text)} characters, at most {max_chars})")
+    return request
+
+
+async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
+    speaker = backends.speaker
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                await websocket.send_text("ERR: expected a JSON text message, got binary data")
+                continue
+            try:
+                request = parse_request(raw, backends.settings.max_tts_chars)
+                voice = speaker.resolve(request.voice, request.lang)
+                language = speaker.language_of(request.lang, voice)
+            except ValueError as exc:
+                await websocket.send_text(f"ERR: {exc}")
+                continue
+            try:
+                await synthesize_to(websocket, backends, request, voice, language)
+            except (WebSocketDisconnect, RuntimeError) as exc:
+                if isinstance(exc, WebSocketDisconnect) or websocket.client_state.name != "CONNECTED":
+                    return
+                raise
+            except Exception as exc:  # a model failure must not take the connection down
+                log.exception("synthesis failed")
+                await websocket.send_text(f"ERR: synthesis failed: {exc}")
+    except WebSocketDisconnect:
+        return
+
+
+async def synthesize_to(
+    websocket: WebSocket, backends: Backends, request: TtsRequest, voice: Voice, language: str
+) -> None:
+    started = time.perf_counter()
+    offset = 0.0
+    first = True
+    async for speech in speak(backends.speaker, request.text, voice, language, request.speed, OUTPUT_RATE):
+        if request.visemes:
+            await websocket.send_text(json.dumps(visemes_for(speech.text, speech.audio, OUTPUT_RATE, offset)))
+        for frame in frames(speech.pcm, OUTPUT_RATE):
+            await websocket.send_bytes(frame)
+            if first:
+                TTS_FIRST_AUDIO.observe(time.perf_counter() - started)
+                first = False
+        offset += speech.duration
+    await websocket.send_text("EOS")

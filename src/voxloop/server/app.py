@@ -1,0 +1,102 @@
+"""The ASGI application: routes, auth, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voxloop import __version__
+from voxloop.backends.registry import Backends
+from voxloop.config import Settings
+from voxloop.protocols.lokutor import rest as lokutor_rest
+from voxloop.protocols.lokutor.stt import serve_stt
+from voxloop.protocols.lokutor.tts import serve_tts
+from voxloop.server.auth import KeyCheck
+from voxloop.server.errors import error_response, install_error_handlers
+from voxloop.server.metrics import ERRORS, SESSIONS
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = {"/healthz", "/metrics", "/docs", "/openapi.json"}
+
+Handler = Callable[[WebSocket, Backends], Awaitable[None]]
+
+
+def create_app(settings: Settings | None = None, backends: Backends | None = None) -> FastAPI:
+    settings = settings or Settings()
+    keys = KeyCheck(settings.api_keys)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.backends = backends or Backends.create(settings)
+        app.state.ready = asyncio.Event()
+        app.state.load_error = None
+        loading = asyncio.create_task(load(app))
+        yield
+        loading.cancel()
+
+    async def load(app: FastAPI) -> None:
+        try:
+            if settings.warmup:
+                await asyncio.to_thread(app.state.backends.warmup)
+            app.state.ready.set()
+            log.info("voxloop %s ready on the embedded models", __version__)
+        except Exception as exc:
+            app.state.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading the models failed")
+
+    app = FastAPI(title="voxloop", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path not in PUBLIC_PATHS and not keys.allows(request):
+            ERRORS.labels(request.url.path, "unauthorized").inc()
+            return error_response(401, "unauthorized", "missing or invalid API key (X-API-Key or api_key)")
+        return await call_next(request)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        state = request.app.state
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=500)
+        if not state.ready.is_set():
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(lokutor_rest.router)
+
+    def websocket_route(path: str, handler: Handler, error_shape: Callable[[str], str]) -> None:
+        async def endpoint(websocket: WebSocket) -> None:
+            await websocket.accept()
+            if not keys.allows(websocket):
+                ERRORS.labels(path, "unauthorized").inc()
+                await websocket.send_text(error_shape("unauthorized: missing or invalid API key"))
+                await websocket.close(code=1008)
+                return
+            SESSIONS.labels(path).inc()
+            try:
+                await handler(websocket, websocket.app.state.backends)
+            finally:
+                SESSIONS.labels(path).dec()
+
+        app.add_api_websocket_route(path, endpoint)
+
+    def json_error(message: str) -> str:
+        return json.dumps({"type": "error", "data": message})
+
+    for path in ("/ws", "/ws/tts"):
+        websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
+    websocket_route("/ws/stt", serve_stt, json_error)
+    return app
