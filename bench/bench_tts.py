@@ -15,8 +15,8 @@ from pathlib import Path
 from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.stats import summary  # noqa: E402
-from tests.server import start_server  # noqa: E402
+from bench.stats import summary
+from tests.server import start_server
 
 SENTENCES = [
     "Hello, how can I help you today?",

@@ -54,14 +54,18 @@ class RunningServer:
             self.process.wait()
 
 
-def start_server(log_dir: Path, api_key: str = "test-key", env: dict[str, str] | None = None,
-                 timeout_s: float = 300) -> RunningServer:
+def start_server(
+    log_dir: Path, api_key: str = "test-key", env: dict[str, str] | None = None, timeout_s: float = 300
+) -> RunningServer:
     port = free_port()
     log_path = log_dir / f"voxloop-{port}.log"
     environment = {**os.environ, "VOXLOOP_API_KEYS": api_key, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "voxloop.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=environment, cwd=REPO,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=environment,
+        cwd=REPO,
     )
     server = RunningServer(process, port, api_key, log_path)
     deadline = time.monotonic() + timeout_s

@@ -12,10 +12,11 @@ import httpx
 import numpy as np
 import pytest
 from lokutor import STTClient, TTSClient
-from websockets.sync.client import connect
-
 from tests.server import RunningServer
 from tests.speech import espeak_wav, pocketsphinx_samples, word_error_rate
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
 from voxloop.audio.pcm import float_to_pcm16, pcm16_to_float, resample, write_wav
 
 RATE = 44100
@@ -59,8 +60,11 @@ def test_sdk_tts_speaks_the_words(server: RunningServer, voice: str) -> None:
     audio = bytearray()
     ttfb: list[float] = []
     tts_client(server).synthesize(
-        "The quick brown fox jumps over the lazy dog.", voice=voice, play=False,
-        on_audio=audio.extend, on_ttfb=ttfb.append,
+        "The quick brown fox jumps over the lazy dog.",
+        voice=voice,
+        play=False,
+        on_audio=audio.extend,
+        on_ttfb=ttfb.append,
     )
     assert ttfb, "no audio arrived"
     seconds = len(audio) / 2 / RATE
@@ -86,20 +90,27 @@ def test_tts_streams_sentences_visemes_and_reuses_the_connection(server: Running
             assert first_audio_at_array == 1, "audio of sentence one is sent before sentence two is ready"
             times = [v["t"] for array in arrays for v in array]
             assert times == sorted(times) and times[-1] < frames * 0.04 + 0.1
-            assert all(set(v) == {"v", "c", "t"} and isinstance(v["v"], int) for array in arrays for v in array)
+            assert all(
+                set(v) == {"v", "c", "t"} and isinstance(v["v"], int) for array in arrays for v in array
+            )
 
 
 def test_speed_changes_duration_on_every_engine(server: RunningServer) -> None:
     for voice, lang in (("F1", "en"), ("M1", "en"), ("F1", "es")):
-        request = {"text": "uno dos tres cuatro cinco" if lang == "es" else "one two three four five",
-                   "voice": voice, "language": lang}
+        request = {
+            "text": "uno dos tres cuatro cinco" if lang == "es" else "one two three four five",
+            "voice": voice,
+            "language": lang,
+        }
         slow, _, _ = synthesize(server, {**request, "speed": 0.7})
         fast, _, _ = synthesize(server, {**request, "speed": 1.6})
         assert len(fast) < 0.8 * len(slow), (voice, lang)
 
 
 def test_spanish_voice_is_understood(server: RunningServer) -> None:
-    audio, _, texts = synthesize(server, {"text": "Buenos días, me llamo Carlos.", "voice": "M1", "lang": "es"})
+    audio, _, texts = synthesize(
+        server, {"text": "Buenos días, me llamo Carlos.", "voice": "M1", "lang": "es"}
+    )
     assert texts[-1] == "EOS"
     text = transcribe_pcm(server, audio, RATE, language="es").lower()
     assert "carlos" in text, text
@@ -122,7 +133,9 @@ def test_spanish_voice_is_understood(server: RunningServer) -> None:
         (b"\x00\x01binary", "binary"),
     ],
 )
-def test_tts_bad_input_gets_err_and_connection_survives(server: RunningServer, payload, expected: str) -> None:
+def test_tts_bad_input_gets_err_and_connection_survives(
+    server: RunningServer, payload, expected: str
+) -> None:
     with connect(f"{server.ws}/ws/tts", additional_headers={"X-API-Key": server.api_key}) as ws:
         ws.send(payload)
         answer = ws.recv(timeout=30)
@@ -140,7 +153,7 @@ def test_websockets_refuse_missing_or_wrong_key(server: RunningServer, path: str
         with connect(f"{server.ws}{path}{suffix}") as ws:
             answer = ws.recv(timeout=10)
             assert "unauthorized" in answer
-            with pytest.raises(Exception):  # the server closes the connection
+            with pytest.raises(ConnectionClosed):  # the server closes the connection
                 ws.recv(timeout=10)
 
 
@@ -149,9 +162,15 @@ def test_sdk_stt_transcribes_human_recordings(server: RunningServer) -> None:
     errors, words = 0.0, 0
     for path, reference in pocketsphinx_samples()[:3]:
         result = client.transcribe(path.read_bytes() if path.suffix == ".wav" else _wav_of_raw(path))
-        assert {"text", "latency_ms", "engine", "sample_rate", "language", "duration_seconds", "segments"} <= set(
-            result
-        )
+        assert {
+            "text",
+            "latency_ms",
+            "engine",
+            "sample_rate",
+            "language",
+            "duration_seconds",
+            "segments",
+        } <= set(result)
         assert result["duration_seconds"] > 0.5 and result["segments"]
         count = len(reference.split())
         errors += word_error_rate(reference, result["text"]) * count
@@ -170,11 +189,22 @@ def _wav_of_raw(path) -> bytes:
         ({"format": "wav"}, 400, "invalid_request"),
         ({"audio": base64.b64encode(b"RIFFjunk").decode()}, 400, "invalid_audio"),
         ({"audio": base64.b64encode(b"\x00\x00" * 100).decode(), "format": "pcm16"}, 400, "invalid_audio"),
-        ({"audio": base64.b64encode(b"\x00" * 101).decode(), "format": "pcm16", "sample_rate": 16000}, 400,
-         "invalid_audio"),
+        (
+            {"audio": base64.b64encode(b"\x00" * 101).decode(), "format": "pcm16", "sample_rate": 16000},
+            400,
+            "invalid_audio",
+        ),
         ({"audio": base64.b64encode(b"\x00\x00" * 100).decode(), "format": "mp9"}, 400, "invalid_request"),
-        ({"audio": base64.b64encode(b"\x00\x00" * 100).decode(), "format": "pcm16", "sample_rate": 16000,
-          "language": "klingon"}, 400, "invalid_request"),
+        (
+            {
+                "audio": base64.b64encode(b"\x00\x00" * 100).decode(),
+                "format": "pcm16",
+                "sample_rate": 16000,
+                "language": "klingon",
+            },
+            400,
+            "invalid_request",
+        ),
     ],
 )
 def test_stt_transcribe_bad_input(server: RunningServer, body: dict, status: int, kind: str) -> None:
@@ -212,7 +242,9 @@ def stream_speech(ws, audio16k: np.ndarray, speed: float = 4.0) -> None:
 
 def test_ws_stt_partials_then_final(server: RunningServer) -> None:
     speech, rate = espeak_wav("Please book a table for four people at seven tonight in the garden")
-    audio = np.concatenate([np.zeros(8000, np.float32), resample(speech, rate, 16000), np.zeros(16000, np.float32)])
+    audio = np.concatenate(
+        [np.zeros(8000, np.float32), resample(speech, rate, 16000), np.zeros(16000, np.float32)]
+    )
     with connect(f"{server.ws}/ws/stt?api_key={server.api_key}") as ws:
         ws.send(json.dumps({"language": "en", "vad": "silero"}))
         sender = threading.Thread(target=stream_speech, args=(ws, audio, 2.0))

@@ -55,7 +55,10 @@ def transcribe(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     transcript = stt.transcribe(resample(samples, rate, stt.sample_rate), args.language)
     print(transcript.text)
-    print(f"[{transcript.engine}, {transcript.language}, {time.perf_counter() - started:.2f} s]", file=sys.stderr)
+    print(
+        f"[{transcript.engine}, {transcript.language}, {time.perf_counter() - started:.2f} s]",
+        file=sys.stderr,
+    )
     return 0
 
 

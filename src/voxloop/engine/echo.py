@@ -89,4 +89,6 @@ class EchoGuard:
             return
         aligned = self._window(self._ref, end - delay, WINDOW)
         self.delay = delay
-        self.gain = float(np.clip(np.dot(mic, aligned) / max(float(np.dot(aligned, aligned)), 1e-9), 0.0, 2.0))
+        self.gain = float(
+            np.clip(np.dot(mic, aligned) / max(float(np.dot(aligned, aligned)), 1e-9), 0.0, 2.0)
+        )

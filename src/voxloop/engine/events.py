@@ -91,6 +91,15 @@ class Error:
 
 
 Event = (
-    StatusChanged | SpeechStarted | SpeechStopped | TranscriptFinal | TextDelta | AudioOut | Visemes
-    | ToolCallRequested | ResponseDone | TurnMetrics | Error
+    StatusChanged
+    | SpeechStarted
+    | SpeechStopped
+    | TranscriptFinal
+    | TextDelta
+    | AudioOut
+    | Visemes
+    | ToolCallRequested
+    | ResponseDone
+    | TurnMetrics
+    | Error
 )

@@ -38,8 +38,13 @@ SegmenterEvent = SpeechStarted | SpeechEnded
 
 
 class UtteranceSegmenter:
-    def __init__(self, vad: VadStream, frame_samples: int, config: SegmenterConfig | None = None,
-                 sample_rate: int = 16000) -> None:
+    def __init__(
+        self,
+        vad: VadStream,
+        frame_samples: int,
+        config: SegmenterConfig | None = None,
+        sample_rate: int = 16000,
+    ) -> None:
         self.vad, self.frame_samples, self.sample_rate = vad, frame_samples, sample_rate
         self.config = config or SegmenterConfig()
         frames = lambda ms: max(1, round(ms * sample_rate / 1000 / frame_samples))  # noqa: E731
@@ -47,7 +52,9 @@ class UtteranceSegmenter:
         self._hangover_frames = frames(self.config.hangover_ms)
         self._max_frames = frames(self.config.max_utterance_s * 1000)
         self._pending = np.zeros(0, dtype=np.float32)
-        self._recent: deque[np.ndarray] = deque(maxlen=frames(self.config.pre_roll_ms) + self._min_speech_frames)
+        self._recent: deque[np.ndarray] = deque(
+            maxlen=frames(self.config.pre_roll_ms) + self._min_speech_frames
+        )
         self._utterance: list[np.ndarray] = []
         self._voiced_run = 0
         self._silent_run = 0
@@ -65,6 +72,11 @@ class UtteranceSegmenter:
             if event is not None:
                 events.append(event)
         return events
+
+    @property
+    def trailing_silence_s(self) -> float:
+        """Silence since the last voiced frame of the current utterance."""
+        return self._silent_run * self.frame_samples / self.sample_rate if self.speaking else 0.0
 
     def utterance_audio(self) -> np.ndarray:
         """The utterance so far (empty when nobody is speaking)."""

@@ -16,6 +16,7 @@ from voxloop import __version__
 from voxloop.backends.registry import Backends
 from voxloop.config import Settings
 from voxloop.protocols.lokutor import rest as lokutor_rest
+from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.server.auth import KeyCheck
@@ -99,4 +100,5 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
     for path in ("/ws", "/ws/tts"):
         websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
     websocket_route("/ws/stt", serve_stt, json_error)
+    websocket_route("/ws/agent", serve_agent, json_error)
     return app

@@ -23,12 +23,17 @@ from voxloop.models import LLM_MODELS, ModelUnavailable, SplitModel
 
 log = logging.getLogger(__name__)
 
+# Sent after tool results. Without it the embedded Qwen2.5-Coder-0.5B answers a <tool_response> by
+# repeating the call it just made (every phrasing and result format tried); with it, it answers.
+_ANSWER_FROM_TOOL_RESULTS = "Now answer my question in a sentence, without calling a tool."
+
 
 class LlamaLlm:
     """Chat completions from a local GGUF model, rendered with the model's own chat template.
 
     The template in the GGUF (Qwen2.5's for the embedded models) lays out the tool block, past tool
-    calls and ``<tool_response>`` turns. llama.cpp reuses the KV cache for the longest prefix shared
+    calls and ``<tool_response>`` turns; calls the model writes as text are parsed by ToolCallFilter.
+    llama.cpp reuses the KV cache for the longest prefix shared
     with the previous request, so a byte-identical system prompt (and tool list) is only evaluated
     once.
     """
@@ -116,8 +121,11 @@ class LlamaLlm:
         max_tokens: int | None,
         temperature: float | None,
     ) -> dict[str, Any]:
+        rendered = openai_messages(messages, arguments_as_json=False)
+        if messages and messages[-1].role == "tool":
+            rendered.append({"role": "user", "content": _ANSWER_FROM_TOOL_RESULTS})
         return {
-            "messages": openai_messages(messages, arguments_as_json=False),
+            "messages": rendered,
             "tools": openai_tools(tools) or None,
             "max_tokens": max_tokens or self._settings.llm_max_tokens,
             "temperature": self._settings.llm_temperature if temperature is None else temperature,

@@ -139,7 +139,7 @@ class WhisperStt:
             hotwords=", ".join(keyterms) if keyterms else None,
         )
         segments = [
-            Segment(start=piece.start, end=min(piece.end, duration), text=piece.text.strip())
+            Segment(round(piece.start, 3), round(min(piece.end, duration), 3), piece.text.strip())
             for piece in pieces
             # A prompt of keyterms lets Whisper "hear" one in noise with a confident log-prob,
             # which would pass faster-whisper's own no-speech test; trust no_speech_prob alone.

@@ -71,7 +71,7 @@ class _Library:
     def _set_voice(self, name: str) -> None:
         if name != self._voice:  # switching reloads the language's dictionary: only when it changes
             if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {name!r}")
+                raise ModelUnavailable(f"espeak-ng has no voice {name!r} (is espeak-ng-data complete?)")
             self._voice = name
 
     def phonemize(self, text: str, voice: str) -> str:
@@ -82,7 +82,9 @@ class _Library:
         with _LOCK:
             self._set_voice(voice)
             while pointer.value:
-                clauses.append(self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA))
+                clauses.append(
+                    self._lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA)
+                )
         joined = " ".join(clause.decode() for clause in clauses)
         return _LANGUAGE_SWITCH.sub("", joined).strip()
 

@@ -40,7 +40,9 @@ def decode_audio(body: dict[str, Any]) -> tuple[np.ndarray, int]:
             rate = check_sample_rate(body.get("sample_rate"))
             samples = pcm16_to_float(data)
         else:
-            raise ApiError(400, "invalid_request", f"unsupported format {audio_format!r}; use 'wav' or 'pcm16'")
+            raise ApiError(
+                400, "invalid_request", f"unsupported format {audio_format!r}; use 'wav' or 'pcm16'"
+            )
     except (AudioFormatError, ValueError) as exc:
         raise ApiError(400, "invalid_audio", str(exc)) from exc
     if not 1000 <= rate <= 192000:
@@ -83,7 +85,8 @@ async def transcribe(request: Request) -> JSONResponse:
             "language": transcript.language,
             "duration_seconds": round(len(samples) / rate, 3),
             "segments": [
-                {"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments
+                {"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+                for s in transcript.segments
             ],
         }
     )

@@ -147,4 +147,4 @@ def _command_of(text: str | None) -> str:
         return "expected binary PCM16 audio or a JSON control message"
     if isinstance(payload, dict) and payload.get("type") == "end":
         return "end"
-    return "unknown control message; the only one is {\"type\": \"end\"}"
+    return 'unknown control message; the only one is {"type": "end"}'

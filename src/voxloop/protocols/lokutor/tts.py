@@ -100,7 +100,8 @@ async def synthesize_to(
     first = True
     async for speech in speak(backends.speaker, request.text, voice, language, request.speed, OUTPUT_RATE):
         if request.visemes:
-            await websocket.send_text(json.dumps(visemes_for(speech.text, speech.audio, OUTPUT_RATE, offset)))
+            marks = visemes_for(speech.text, speech.duration, offset, speech.audio)
+            await websocket.send_text(json.dumps(marks))
         for frame in frames(speech.pcm, OUTPUT_RATE):
             await websocket.send_bytes(frame)
             if first:

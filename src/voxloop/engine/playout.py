@@ -1,0 +1,60 @@
+"""Reply audio pacing: frames leave at about real time with a small lead, so an interruption can
+stop the sound at once and the server always knows how much the user has heard."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+LEAD_S = 0.16  # how far ahead of the listener's playback we may send
+
+
+@dataclass
+class Span:
+    start: float  # seconds into the reply audio
+    end: float
+    text: str
+
+
+@dataclass
+class Playout:
+    """The reply's timeline: what was sent, and when the client plays each part."""
+
+    sample_rate: int
+    sent_s: float = 0.0  # audio sent so far, in seconds
+    ends_at: float = 0.0  # wall time (monotonic) at which the client finishes what was sent
+    spans: list[Span] = field(default_factory=list)
+
+    def wait_before_next(self, now: float) -> float:
+        return max(0.0, self.ends_at - now - LEAD_S)
+
+    def sent(self, samples: int, now: float) -> float:
+        """Records a frame as sent; returns the wall time at which the client starts playing it."""
+        starts_at = max(self.ends_at, now)  # after an underrun the client plays on arrival
+        duration = samples / self.sample_rate
+        self.ends_at = starts_at + duration
+        self.sent_s += duration
+        return starts_at
+
+    def played_s(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return max(0.0, self.sent_s - max(0.0, self.ends_at - now))
+
+    def add_text(self, start: float, end: float, text: str) -> None:
+        self.spans.append(Span(start, end, text))
+
+    def heard_text(self, now: float | None = None) -> str:
+        """The words the user heard: whole pieces played, plus the played share of the current one."""
+        played = self.played_s(now)
+        words: list[str] = []
+        for span in self.spans:
+            if played >= span.end:
+                words.extend(span.text.split())
+            elif played > span.start:
+                piece = span.text.split()
+                share = (played - span.start) / max(span.end - span.start, 1e-6)
+                words.extend(piece[: int(len(piece) * share)])
+        return " ".join(words)
+
+    def finished(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) >= self.ends_at

@@ -1,0 +1,176 @@
+"""One reply (a generation): LLM text, cut into pieces, synthesised, ready for paced playout.
+
+Three concurrent stages so each starts as early as it can: the LLM writes text and runs tools,
+the synthesiser turns finished pieces into audio, and the session's player sends that audio.
+A response may start speculatively (while the user might still go on) and is held: its events
+wait until the session releases it, or are thrown away with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxloop.audio.pcm import resample
+from voxloop.backends.llm.base import ChatMessage, LlmError, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.registry import Backends
+from voxloop.backends.tts.base import Voice
+from voxloop.backends.tts.stream import RenderedSpeech, speak
+from voxloop.engine import events
+from voxloop.engine.chunker import SpeechChunker
+from voxloop.engine.history import History
+from voxloop.engine.playout import Playout
+from voxloop.engine.tools import ToolRegistry
+
+MAX_TOOL_ROUNDS = 4
+FILLER_AFTER_S = 1.0  # a tool running longer than this gets a spoken filler: no dead air
+FILLER = "One moment, please."
+CLIENT_TOOL_TIMEOUT_S = 30.0
+REFERENCE_RATE = 16000
+
+
+@dataclass
+class Speech:
+    rendered: RenderedSpeech
+    reference: np.ndarray  # the same audio at 16 kHz, for the echo guard
+
+
+@dataclass
+class TurnSetup:
+    """Everything a reply needs, frozen when it starts (config changes apply to the next one)."""
+
+    backends: Backends
+    history: History
+    voice: Voice
+    language: str
+    speed: float
+    output_rate: int
+    server_tools: ToolRegistry
+    client_tools: list[ToolSpec]
+    ask_client: Callable[[ToolCall, int], Awaitable[str]]  # runs a client-side tool
+
+
+@dataclass
+class Response:
+    generation: int
+    user_text: str
+    setup: TurnSetup
+    emit: Callable[[events.Event], Awaitable[None]]
+    speech_end: float  # monotonic time the user stopped speaking: the latency reference
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)  # cleared while a barge-in is checked
+    audio: asyncio.Queue[Speech | None] = field(default_factory=asyncio.Queue)
+    turn: list[ChatMessage] = field(default_factory=list)  # this turn's messages, user first
+    text: str = ""
+    held_events: list[events.Event] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.resumed.set()
+        self.turn.append(ChatMessage("user", self.user_text))
+        self.playout = Playout(self.setup.output_rate)
+        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        self._filler_spoken = False
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._synthesize())]
+
+    def mark(self, name: str) -> None:
+        self.timings.setdefault(name, time.monotonic() - self.speech_end)
+
+    async def send(self, event: events.Event) -> None:
+        if self.released.is_set():
+            await self.emit(event)
+        else:
+            self.held_events.append(event)
+
+    async def release(self) -> None:
+        self.released.set()
+        held, self.held_events = self.held_events, []
+        for event in held:
+            await self.emit(event)
+
+    async def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def history_messages(self, heard: str | None) -> list[ChatMessage]:
+        """This turn for the history; after an interruption the reply holds only what was heard."""
+        messages = list(self.turn)
+        if heard is not None:
+            while messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
+                messages.pop()
+            if heard:
+                messages.append(ChatMessage("assistant", heard))
+        return messages
+
+    async def _write(self) -> None:
+        setup = self.setup
+        tools = setup.server_tools.specs() + setup.client_tools
+        try:
+            for _ in range(MAX_TOOL_ROUNDS):
+                chunker, calls, text = SpeechChunker(), [], ""
+                messages = setup.history.for_llm(setup.language, self.turn)
+                stream = setup.backends.llm.stream(messages, tools=tools or None)
+                async with aclosing(stream):
+                    async for item in stream:
+                        if isinstance(item, TextDelta):
+                            self.mark("llm_first_token")
+                            text += item.text
+                            await self.send(events.TextDelta(item.text, self.generation))
+                            for piece in chunker.push(item.text):
+                                self._pieces.put_nowait(piece)
+                        else:
+                            calls.append(item)
+                for piece in chunker.flush():
+                    self._pieces.put_nowait(piece)
+                self.text += text
+                self.turn.append(ChatMessage("assistant", text, tool_calls=calls))
+                if not calls:
+                    break
+                for call in calls:
+                    result = await self._run_tool(call)
+                    self.turn.append(ChatMessage("tool", result, tool_call_id=call.id))
+        except LlmError as exc:
+            await self.send(events.Error(f"language model failed: {exc}", "llm_error", self.generation))
+        finally:
+            self._pieces.put_nowait(None)
+
+    async def _run_tool(self, call: ToolCall) -> str:
+        setup = self.setup
+        if call.name in setup.server_tools:
+            job = asyncio.ensure_future(setup.server_tools.call(call.name, call.arguments))
+        elif any(spec.name == call.name for spec in setup.client_tools):
+            job = asyncio.ensure_future(setup.ask_client(call, self.generation))
+        else:
+            return f'{{"error": "no tool named {call.name}"}}'
+        done, _ = await asyncio.wait({job}, timeout=FILLER_AFTER_S)
+        if not done and not self._filler_spoken:
+            self._filler_spoken = True
+            self._pieces.put_nowait(FILLER)
+        return await job
+
+    async def _synthesize(self) -> None:
+        setup = self.setup
+        try:
+            while (piece := await self._pieces.get()) is not None:
+                async for rendered in speak(
+                    setup.backends.speaker, piece, setup.voice, setup.language, setup.speed, setup.output_rate
+                ):
+                    self.mark("tts_first_audio")
+                    reference = resample(rendered.audio, setup.output_rate, REFERENCE_RATE)
+                    await self.audio.put(Speech(rendered, reference))
+        except Exception as exc:  # a failed piece ends the reply, not the session
+            await self.send(events.Error(f"speech synthesis failed: {exc}", "tts_error", self.generation))
+        finally:
+            await self.audio.put(None)

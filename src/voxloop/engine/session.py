@@ -1,0 +1,369 @@
+"""A spoken conversation: turn-taking, speculation, barge-in, echo guard, history and tools.
+
+Protocols feed it audio and configuration and forward its canonical events (``next_event``).
+The session clock is samples received; wall time is used only to pace reply audio.
+
+Turn-taking: once the user has been silent for ``speculate_after_s`` the utterance is
+transcribed and a reply is prepared (LLM and TTS) while the VAD hangover runs; if the user goes
+on, that work is thrown away, otherwise it is released the moment the hangover ends.
+
+Barge-in: speech during a reply pauses the audio at once; if the speech turns out to hold words
+the reply is interrupted (history keeps what was heard), otherwise it resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxloop.audio.pcm import StreamResampler, pcm16_to_float
+from voxloop.backends import workers
+from voxloop.backends.llm.base import ToolCall, ToolSpec
+from voxloop.backends.registry import Backends
+from voxloop.backends.tts.stream import frames
+from voxloop.backends.tts.visemes import visemes_for
+from voxloop.engine import events
+from voxloop.engine.echo import EchoGuard
+from voxloop.engine.history import History
+from voxloop.engine.response import CLIENT_TOOL_TIMEOUT_S, Response, TurnSetup
+from voxloop.engine.segmenter import SegmenterConfig, SpeechEnded, SpeechStarted, UtteranceSegmenter
+from voxloop.engine.tools import ToolRegistry, default_tools
+from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
+
+log = logging.getLogger(__name__)
+
+VAD_RATE = 16000
+OUTBOX_SIZE = 512  # events waiting for a slow client; beyond this the session waits for it
+
+
+@dataclass
+class SessionConfig:
+    prompt: str = "You are a helpful voice assistant."
+    voice: str | None = None
+    language: str = "en"
+    speed: float = 1.0
+    visemes: bool = False
+    input_rate: int = 44100
+    output_rate: int = 44100
+    max_context_messages: int = 20
+    client_tools: list[ToolSpec] = field(default_factory=list)
+    turn: SegmenterConfig = field(default_factory=SegmenterConfig)
+    speculate_after_s: float = 0.16  # silence after which a reply is prepared speculatively
+    barge_check_every_s: float = 0.3  # how often paused-for-barge-in speech is transcribed
+
+
+@dataclass
+class PendingTurn:
+    """A user utterance being turned into a reply; ``committed`` once the user is really done."""
+
+    audio_end: int  # segmenter position when it was cut
+    speech_end: float  # monotonic time of the last voiced audio
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Session:
+    def __init__(
+        self, backends: Backends, config: SessionConfig | None = None, tools: ToolRegistry = default_tools
+    ) -> None:
+        self.backends = backends
+        self.config = config or SessionConfig()
+        self.server_tools = tools
+        self.history = History(self.config.prompt, self.config.max_context_messages)
+        self.voice = backends.speaker.resolve(self.config.voice, self.config.language)
+        self.echo = EchoGuard()
+        vad = backends.vad
+        self.segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
+        self.resampler = StreamResampler(self.config.input_rate, VAD_RATE)
+        self.outbox: asyncio.Queue[events.Event] = asyncio.Queue(OUTBOX_SIZE)
+        self.generation = 0
+        self.oldest_live_generation = 0  # events of older generations are dropped
+        self.current: Response | None = None  # the released reply, playing or paused
+        self.player: asyncio.Task[None] | None = None
+        self.pending: PendingTurn | None = None
+        self.barge_check: asyncio.Task[None] | None = None
+        self.barge_checked_at = 0
+        self.last_voiced_at = time.monotonic()
+        self.tool_waiters: dict[str, asyncio.Future[str]] = {}
+        self.closed = False
+
+    # ---- configuration -------------------------------------------------------------------
+
+    def configure(self, **changes: object) -> None:
+        """Applies config changes; a bad voice or language raises ValueError and changes nothing."""
+        config = self.config
+        voice_id = changes.get("voice", config.voice)
+        language = changes.get("language", config.language)
+        if "voice" in changes or "language" in changes:
+            self.voice = self.backends.speaker.resolve(voice_id, language)  # type: ignore[arg-type]
+        for key, value in changes.items():
+            setattr(config, key, value)
+        self.history.prompt = config.prompt
+        self.history.max_messages = config.max_context_messages
+        if "input_rate" in changes:
+            self.resampler = StreamResampler(config.input_rate, VAD_RATE)
+
+    # ---- input ---------------------------------------------------------------------------
+
+    async def push_audio(self, pcm: bytes) -> None:
+        """Microphone audio, S16LE mono at ``config.input_rate``."""
+        samples = self.echo.process(self.resampler.process(pcm16_to_float(pcm)))
+        now = time.monotonic()
+        for event in self.segmenter.push(samples):
+            if isinstance(event, SpeechStarted):
+                await self._on_speech_started(event)
+            elif isinstance(event, SpeechEnded):
+                await self._on_speech_ended(event)
+        if not self.segmenter.speaking:
+            return
+        silence = self.segmenter.trailing_silence_s
+        if silence == 0.0:
+            self.last_voiced_at = now
+            if self.pending is not None and not self.pending.committed.is_set():
+                self._drop_pending()  # the user went on: throw the speculative reply away
+        elif silence >= self.config.speculate_after_s and self.pending is None:
+            self._start_turn(self.segmenter.utterance_audio(), committed=False)
+        self._maybe_check_barge_in()
+
+    async def send_text(self, text: str) -> None:
+        """A typed user turn: answered like a spoken one, without STT."""
+        self.last_voiced_at = time.monotonic()
+        self._drop_pending()
+        self._start_turn(None, committed=True, text=text)
+
+    async def interrupt(self) -> None:
+        """The client stopped the reply itself."""
+        if self.current is not None:
+            await self._interrupt(self.current)
+
+    async def submit_tool_result(self, call_id: str, result: str) -> None:
+        waiter = self.tool_waiters.pop(call_id, None)
+        if waiter is None:
+            raise ValueError(f"no tool call is waiting for call_id {call_id!r}")
+        if not waiter.done():
+            waiter.set_result(result)
+
+    # ---- output --------------------------------------------------------------------------
+
+    async def next_event(self) -> events.Event:
+        while True:
+            event = await self.outbox.get()
+            generation = getattr(event, "generation", None)
+            if isinstance(event, events.AudioOut | events.Visemes | events.TextDelta) and (
+                generation is not None and generation < self.oldest_live_generation
+            ):
+                continue
+            return event
+
+    async def emit(self, event: events.Event) -> None:
+        if not self.closed:
+            await self.outbox.put(event)
+
+    async def close(self) -> None:
+        self.closed = True
+        self._drop_pending()
+        tasks = [self.player, self.barge_check]
+        if self.current is not None:
+            await self.current.cancel()
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        getattr(self.segmenter.vad, "close", lambda: None)()
+
+    # ---- turn-taking ---------------------------------------------------------------------
+
+    async def _on_speech_started(self, event: SpeechStarted) -> None:
+        await self.emit(events.SpeechStarted(event.at_sample / VAD_RATE))
+        if self.current is not None:
+            self.current.resumed.clear()  # pause at once; words will confirm the barge-in
+            self.barge_checked_at = self.segmenter.position
+        else:
+            await self.emit(events.StatusChanged("listening", self.generation))
+
+    async def _on_speech_ended(self, event: SpeechEnded) -> None:
+        await self.emit(events.SpeechStopped(event.at_sample / VAD_RATE))
+        if self.pending is not None and self.pending.audio_end >= event.at_sample:
+            self.pending.committed.set()  # speculation covered everything the user said
+        else:
+            self._drop_pending()
+            self._start_turn(event.audio, committed=True)
+
+    def _start_turn(self, audio: np.ndarray | None, committed: bool, text: str | None = None) -> None:
+        pending = PendingTurn(self.segmenter.position, self.last_voiced_at)
+        if committed:
+            pending.committed.set()
+        pending.task = asyncio.create_task(self._turn(pending, audio, text))
+        self.pending = pending
+
+    def _drop_pending(self) -> None:
+        if self.pending is not None and self.pending.task is not None:
+            self.pending.task.cancel()
+        self.pending = None
+
+    async def _turn(self, pending: PendingTurn, audio: np.ndarray | None, text: str | None) -> None:
+        response: Response | None = None
+        try:
+            stt_done = 0.0
+            if text is None:
+                text = await self._transcribe(audio)
+                stt_done = time.monotonic() - pending.speech_end
+            if not text.strip():
+                await pending.committed.wait()
+                if self.current is not None:
+                    self.current.resumed.set()  # a cough or a slam: the reply goes on
+                return
+            if self.current is not None and not self.current.resumed.is_set():
+                await self._interrupt(self.current)  # words over the reply: a real barge-in
+            self.generation += 1
+            response = Response(self.generation, text.strip(), self._setup(), self.emit, pending.speech_end)
+            response.timings["stt_final"] = stt_done
+            response.start()
+            await pending.committed.wait()
+            await self._release(response)
+            response = None
+        except asyncio.CancelledError:
+            if response is not None:
+                await response.cancel()
+            raise
+        except Exception as exc:
+            log.exception("turn failed")
+            await self.emit(events.Error(f"turn failed: {exc}"))
+        finally:
+            if self.pending is pending:
+                self.pending = None
+
+    async def _transcribe(self, audio: np.ndarray | None) -> str:
+        if audio is None or audio.size == 0:
+            return ""
+        stt, language = self.backends.stt, self.config.language
+        transcript = await workers.run_in(workers.SPEECH, lambda: stt.transcribe(audio, language))
+        return transcript.text
+
+    def _setup(self) -> TurnSetup:
+        config = self.config
+        return TurnSetup(
+            backends=self.backends,
+            history=self.history,
+            voice=self.voice,
+            language=config.language,
+            speed=config.speed,
+            output_rate=config.output_rate,
+            server_tools=self.server_tools,
+            client_tools=list(config.client_tools),
+            ask_client=self._ask_client,
+        )
+
+    async def _release(self, response: Response) -> None:
+        if self.current is not None:
+            await self._interrupt(self.current)
+        self.current = response
+        self.oldest_live_generation = response.generation
+        await self.emit(events.TranscriptFinal("user", response.user_text, response.generation))
+        await self.emit(events.StatusChanged("thinking", response.generation))
+        await response.release()
+        self.player = asyncio.create_task(self._play(response))
+
+    # ---- barge-in ------------------------------------------------------------------------
+
+    def _maybe_check_barge_in(self) -> None:
+        current = self.current
+        if current is None or current.resumed.is_set() or self.barge_check is not None:
+            return
+        if self.segmenter.position - self.barge_checked_at < self.config.barge_check_every_s * VAD_RATE:
+            return
+        self.barge_checked_at = self.segmenter.position
+        self.barge_check = asyncio.create_task(
+            self._check_barge_in(current, self.segmenter.utterance_audio())
+        )
+
+    async def _check_barge_in(self, response: Response, audio: np.ndarray) -> None:
+        try:
+            if (await self._transcribe(audio)).strip() and self.current is response:
+                await self._interrupt(response)
+        finally:
+            self.barge_check = None
+
+    async def _interrupt(self, response: Response) -> None:
+        if self.current is not response:
+            return
+        self.current = None
+        INTERRUPTIONS.inc()
+        self.oldest_live_generation = response.generation + 1  # drop its queued audio
+        if self.player is not None and self.player is not asyncio.current_task():
+            self.player.cancel()
+        await response.cancel()
+        await self.emit(events.StatusChanged("interrupted", response.generation))
+        await self._finish(response, interrupted=True)
+
+    # ---- playout -------------------------------------------------------------------------
+
+    async def _play(self, response: Response) -> None:
+        rate, playout, first = response.setup.output_rate, response.playout, True
+        while (speech := await response.audio.get()) is not None:
+            rendered, start = speech.rendered, playout.sent_s
+            playout.add_text(start, start + rendered.duration, rendered.text)
+            if self.config.visemes:
+                marks = visemes_for(rendered.text, rendered.duration, start, rendered.audio)
+                await self.emit(events.Visemes(marks, response.generation))
+            reference_at = 0
+            for frame in frames(rendered.pcm, rate):
+                await response.resumed.wait()
+                if delay := playout.wait_before_next(time.monotonic()):
+                    await asyncio.sleep(delay)
+                    await response.resumed.wait()
+                now = time.monotonic()
+                if first:
+                    first = False
+                    response.mark("first_byte_sent")
+                    await self.emit(events.StatusChanged("speaking", response.generation))
+                starts_at = playout.sent(len(frame) // 2, now)
+                count = round(len(frame) // 2 * VAD_RATE / rate)
+                self.echo.add_reference(
+                    speech.reference[reference_at : reference_at + count],
+                    self.echo.position + round((starts_at - now) * VAD_RATE),
+                )
+                reference_at += count
+                await self.emit(events.AudioOut(frame, response.generation))
+        await asyncio.sleep(max(0.0, playout.ends_at - time.monotonic()))
+        if self.current is response:
+            self.current = None
+            await self._finish(response, interrupted=False)
+            await self.emit(events.StatusChanged("listening", response.generation))
+
+    async def _finish(self, response: Response, interrupted: bool) -> None:
+        heard = response.playout.heard_text() if interrupted else None
+        for message in response.history_messages(heard):
+            self.history.add(message)
+        text = heard if heard is not None else response.text.strip()
+        if text:
+            await self.emit(events.TranscriptFinal("assistant", text, response.generation, interrupted))
+        for stage, seconds in response.timings.items():
+            TURN_LATENCY.labels(stage).observe(max(seconds, 0.0))
+        log.info(
+            "turn %d latency %s",
+            response.generation,
+            json.dumps({k: round(v * 1000) for k, v in response.timings.items()}),
+        )
+        await self.emit(events.TurnMetrics(response.generation, dict(response.timings)))
+        await self.emit(events.ResponseDone(response.generation, text, interrupted))
+
+    # ---- client-side tools ---------------------------------------------------------------
+
+    async def _ask_client(self, call: ToolCall, generation: int) -> str:
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.tool_waiters[call.id] = waiter
+        await self.emit(events.ToolCallRequested(call.id, call.name, call.arguments, generation))
+        try:
+            return await asyncio.wait_for(waiter, CLIENT_TOOL_TIMEOUT_S)
+        except TimeoutError:
+            return json.dumps({"error": f"the client did not answer tool call {call.id} in time"})
+        finally:
+            self.tool_waiters.pop(call.id, None)

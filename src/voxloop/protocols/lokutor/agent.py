@@ -1,0 +1,163 @@
+"""Lokutor Voice Chat API (seed 000) at ``/ws/agent``: a thin translator over engine.Session.
+
+In: binary S16LE microphone audio (44.1 kHz unless a ``rates`` message says otherwise) and JSON
+``{"type": prompt|voice|language|tools|visemes|rates|max_context_messages|metrics|tool_result}``.
+Out: ``status`` / ``transcript`` / ``visemes`` / ``tool_call`` / ``metrics`` / ``error`` JSON and
+binary reply audio at the playback rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from voxloop.audio.pcm import AudioFormatError
+from voxloop.backends.registry import Backends
+from voxloop.engine import events
+from voxloop.engine.session import Session, SessionConfig
+from voxloop.engine.tools import parse_client_tools
+from voxloop.protocols.lokutor.common import check_sample_rate
+
+log = logging.getLogger(__name__)
+
+MAX_AUDIO_FRAME = 1 << 20
+
+
+class LokutorAgent:
+    def __init__(self, websocket: WebSocket, session: Session) -> None:
+        self.websocket, self.session = websocket, session
+        self.want_metrics = False
+        self.sending = asyncio.Lock()  # replies and event forwarding share one socket
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        async with self.sending:
+            await self.websocket.send_text(json.dumps(message))
+
+    async def error(self, message: str) -> None:
+        await self.send_json({"type": "error", "data": message})
+
+    async def handle_text(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            await self.error(f"invalid JSON: {exc.msg}")
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.error("messages must be JSON objects with a string 'type'")
+            return
+        try:
+            await self.apply(message["type"], message)
+        except ValueError as exc:
+            await self.error(str(exc))
+
+    async def apply(self, kind: str, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        session = self.session
+        if kind == "prompt":
+            session.configure(prompt=_text(data, "prompt"))
+            await self.send_json({"type": "status", "data": "prompt_set"})
+        elif kind in ("voice", "language"):
+            session.configure(**{kind: _text(data, kind)})
+        elif kind == "tools":
+            session.configure(client_tools=parse_client_tools(data))
+        elif kind == "visemes":
+            session.configure(visemes=_flag(data, "visemes"))
+        elif kind == "metrics":
+            self.want_metrics = _flag(data if data is not None else True, "metrics")
+        elif kind == "max_context_messages":
+            if isinstance(data, bool) or not isinstance(data, int) or not 1 <= data <= 200:
+                raise ValueError("max_context_messages must be an integer from 1 to 200")
+            session.configure(max_context_messages=data)
+        elif kind == "rates":
+            rates = data if isinstance(data, dict) else message
+            playback = check_sample_rate(rates.get("playback", session.config.output_rate))
+            source = check_sample_rate(rates.get("input", session.config.input_rate))
+            session.configure(output_rate=playback, input_rate=source)
+            await self.send_json({"type": "server_rates", "playback": playback, "input": source})
+        elif kind == "tool_result":
+            body = data if isinstance(data, dict) else message
+            call_id, result = body.get("call_id"), body.get("result")
+            if not isinstance(call_id, str):
+                raise ValueError("tool_result needs a string 'call_id'")
+            await session.submit_tool_result(
+                call_id, result if isinstance(result, str) else json.dumps(result)
+            )
+        else:
+            raise ValueError(f"unknown message type {kind!r}")
+
+    async def forward_events(self) -> None:
+        while True:
+            event = await self.session.next_event()
+            match event:
+                case events.AudioOut(pcm=pcm):
+                    async with self.sending:
+                        await self.websocket.send_bytes(pcm)
+                case events.StatusChanged(status=status, generation=generation):
+                    await self.send_json({"type": "status", "data": status, "generation": generation})
+                case events.TranscriptFinal(role=role, text=text, generation=generation):
+                    await self.send_json(
+                        {"type": "transcript", "data": text, "role": role, "generation": generation}
+                    )
+                case events.Visemes(visemes=marks, generation=generation):
+                    await self.send_json({"type": "visemes", "data": marks, "generation": generation})
+                case events.ToolCallRequested(call_id=call_id, name=name, arguments=arguments):
+                    await self.send_json(
+                        {"type": "tool_call", "call_id": call_id, "name": name, "arguments": arguments}
+                    )
+                case events.TurnMetrics(generation=generation, values=values) if self.want_metrics:
+                    millis = {stage: round(seconds * 1000, 1) for stage, seconds in values.items()}
+                    await self.send_json({"type": "metrics", "data": millis, "generation": generation})
+                case events.Error(message=text):
+                    await self.error(text)
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"'{field}' needs a non-empty string in 'data'")
+    if len(value) > 20000:
+        raise ValueError(f"'{field}' is too long")
+    return value
+
+
+def _flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"'{field}' needs true or false in 'data'")
+    return value
+
+
+async def serve_agent(websocket: WebSocket, backends: Backends) -> None:
+    settings = backends.settings
+    session = Session(
+        backends, SessionConfig(voice=settings.default_voice, language=settings.default_language)
+    )
+    agent = LokutorAgent(websocket, session)
+    sender = asyncio.create_task(agent.forward_events())
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if (data := message.get("bytes")) is not None:
+                if len(data) > MAX_AUDIO_FRAME:
+                    await agent.error(f"audio frame too large ({len(data)} bytes)")
+                    continue
+                try:
+                    await session.push_audio(data)
+                except AudioFormatError as exc:
+                    await agent.error(str(exc))
+            elif (text := message.get("text")) is not None:
+                await agent.handle_text(text)
+            if sender.done():  # the client went away while we were sending
+                return
+    except WebSocketDisconnect:
+        return
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+        await session.close()

@@ -1,0 +1,65 @@
+"""Speech for tests and benchmarks: human recordings with transcripts, synthetic speech, WER.
+
+Human recordings come from the Debian package pocketsphinx-testdata (16 kHz mono WAV with
+reference transcripts); synthetic speech from espeak-ng, which speaks many languages offline.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from voxloop.audio.pcm import read_wav, resample
+
+POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
+
+
+def espeak_wav(text: str, voice: str = "en-us") -> tuple[np.ndarray, int]:
+    """Speak ``text`` with espeak-ng; returns mono float32 audio and its rate (22050 Hz)."""
+    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    return read_wav(wav)
+
+
+def espeak_16k(text: str, voice: str = "en-us") -> np.ndarray:
+    audio, rate = espeak_wav(text, voice)
+    return resample(audio, rate, 16000)
+
+
+def pocketsphinx_samples() -> list[tuple[Path, str]]:
+    """Every human recording in pocketsphinx-testdata that has a reference transcript."""
+    samples = []
+    for corpus in ("cards", "librivox"):
+        folder = POCKETSPHINX_DATA / corpus
+        transcription = folder / ("cards.transcription" if corpus == "cards" else "transcription")
+        # Lines look like "<s> ten of clubs </s> (001)".
+        for line in transcription.read_text().splitlines():
+            match = re.fullmatch(r"\s*<s>(.*)</s>\s*\((\S+)\)\s*", line)
+            if match:
+                samples.append((folder / f"{match.group(2)}.wav", " ".join(match.group(1).split())))
+    return samples
+
+
+def load_16k(path: Path) -> np.ndarray:
+    audio, rate = read_wav(path.read_bytes())
+    return resample(audio, rate, 16000)
+
+
+def normalize_words(text: str) -> list[str]:
+    """Lowercase words without punctuation; hyphens split words; numbers stay as written."""
+    text = re.sub(r"['’]", "", text.lower())
+    return re.sub(r"[^\w\s]|_", " ", text).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level edit distance divided by the number of reference words."""
+    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, 1):
+        current = [i]
+        for j, hyp_word in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
+        previous = current
+    return previous[-1] / max(len(ref), 1)

@@ -1,0 +1,182 @@
+"""The full-duplex engine through the Lokutor agent protocol, on a real server with real models:
+spoken questions and spoken answers, history, barge-in, echo, noise, tools and bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from tests.agent_client import AgentClient
+from tests.server import RunningServer
+from tests.speech import espeak_16k
+from voxloop.audio.pcm import float_to_pcm16
+
+RATE = 16000
+PROMPT = "You are a helpful assistant. Answer in one short sentence."
+
+
+@pytest.fixture
+def agent(server: RunningServer) -> Iterator[AgentClient]:
+    client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}", speed=2.0)
+    yield client
+    client.close()
+
+
+def transcribe(server: RunningServer, audio: np.ndarray) -> str:
+    response = httpx.post(
+        f"{server.http}/stt/transcribe",
+        headers={"X-API-Key": server.api_key},
+        json={"audio": __import__("base64").b64encode(float_to_pcm16(audio)).decode(), "format": "pcm16",
+              "sample_rate": RATE, "language": "en"},
+        timeout=60,
+    )
+    return response.json()["text"].lower()
+
+
+def ask(client: AgentClient, text: str, timeout: float = 90.0) -> tuple[float, dict]:
+    """Says ``text``; returns when the reply finished: (time speech ended, assistant transcript)."""
+    ended = client.say(np.concatenate([espeak_16k(text), np.zeros(RATE // 10, np.float32)]))
+    client.wait_status("listening", since=ended, timeout=timeout)
+    reply = client.wait_for(lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=ended)
+    return ended, reply
+
+
+def test_spoken_question_gets_a_spoken_answer_and_history(server: RunningServer, agent: AgentClient) -> None:
+    agent.configure(PROMPT)
+    agent.wait_for(lambda m: m.get("data") == "prompt_set")
+    ended, reply = ask(agent, "What is the capital of France?")
+    user = agent.events("transcript", since=ended - 5)[0]
+    assert user["role"] == "user" and "france" in user["data"].lower()
+    statuses = agent.statuses(since=ended - 5)
+    assert statuses.index("thinking") < statuses.index("speaking") < statuses.index("listening")
+    spoken = transcribe(server, agent.audio_between(ended))
+    assert "paris" in spoken, spoken
+    assert "paris" in reply["data"].lower()
+    metrics = agent.wait_for(lambda m: m.get("type") == "metrics", since=ended)["data"]
+    assert {"stt_final", "llm_first_token", "tts_first_audio", "first_byte_sent"} <= set(metrics)
+
+    ended, reply = ask(agent, "What city did I just ask you about?")
+    assert "paris" in reply["data"].lower() or "france" in reply["data"].lower(), reply
+
+
+def test_barge_in_stops_audio_and_history_keeps_what_was_heard(server: RunningServer) -> None:
+    client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}")
+    try:
+        client.configure("You are a storyteller. Tell long, detailed stories of at least ten sentences.")
+        ended = client.say(espeak_16k("Tell me a long story about a dragon and a knight."))
+        first = client.wait_status("speaking", since=ended, timeout=90)
+        time.sleep(2.0)  # let the user hear a bit of the story
+        before = client.audio_between(ended).size / RATE
+        barge = client.say(espeak_16k("Stop, stop. Please tell me the weather instead."))
+        interrupted = client.wait_status("interrupted", since=barge - 3, timeout=30)
+        assert interrupted["generation"] == first["generation"]
+        heard = client.wait_for(
+            lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=barge - 3
+        )
+        stop_at = next(r.at for r in client.log if r.message is interrupted)
+        late = client.audio_between(stop_at + 0.3, client.first_audio_after(stop_at + 0.5) or float("inf"))
+        assert late.size == 0, "reply audio kept coming after the interruption"
+        played_s = before + 1.5  # what was sent until the barge-in, generously
+        words = len(heard["data"].split())
+        assert 0 < words < played_s * 4.5, (words, played_s, heard)
+        # the next reply answers the barge-in question
+        client.wait_for(
+            lambda m: m.get("type") == "status" and m.get("data") == "thinking" and m["generation"] > first["generation"],
+            since=barge - 3, timeout=60,
+        )
+    finally:
+        client.close()
+
+
+def test_echo_of_the_reply_neither_interrupts_nor_is_transcribed(server: RunningServer) -> None:
+    client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}", echo_gain=0.5, echo_delay_s=0.15)
+    try:
+        client.configure(PROMPT + " Use at least two sentences.")
+        started = time.monotonic()
+        for question in ("What is the capital of Italy?", "Name a famous painter."):
+            ended, _ = ask(client, question)
+        assert "interrupted" not in client.statuses(since=started)
+        users = [m["data"] for m in client.events("transcript", since=started) if m["role"] == "user"]
+        assert len(users) == 2, users
+        # a real interruption while the echo is present is still honoured
+        client.configure("You are a storyteller. Tell long stories of at least ten sentences.")
+        ended = client.say(espeak_16k("Tell me a long story about a pirate ship."))
+        client.wait_status("speaking", since=ended, timeout=90)
+        time.sleep(1.5)
+        barge = client.say(espeak_16k("Stop please, that is enough."))
+        client.wait_status("interrupted", since=barge - 3, timeout=30)
+    finally:
+        client.close()
+
+
+def door_slam(seconds: float = 0.25) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.8 * rng.standard_normal(t.size) * np.exp(-t * 25)).astype(np.float32)
+
+
+def test_noise_during_the_reply_does_not_lose_the_answer(server: RunningServer) -> None:
+    client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}")
+    try:
+        client.configure(PROMPT + " Use three sentences.")
+        ended = client.say(espeak_16k("Describe the moon."))
+        client.wait_status("speaking", since=ended, timeout=90)
+        time.sleep(0.8)
+        client.say(door_slam())
+        time.sleep(0.5)
+        client.say(door_slam(0.4))
+        client.wait_status("listening", since=ended, timeout=60)
+        assert "interrupted" not in client.statuses(since=ended)
+        reply = client.wait_for(lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=ended)
+        assert len(reply["data"].split()) >= 5
+    finally:
+        client.close()
+
+
+def test_client_tool_call_round_trip(server: RunningServer, agent: AgentClient) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_order_status",
+            "description": "Look up the delivery status of a customer's order by its number.",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+        },
+    }
+    agent.configure("You are a shop assistant. Use the tools to answer questions about orders.", tools=[tool])
+    ended = agent.say(espeak_16k("What is the status of order number four two seven?"))
+    call = agent.wait_for(lambda m: m.get("type") == "tool_call", since=ended, timeout=90)
+    assert call["name"] == "get_order_status" and call["call_id"]
+    agent.ws.send(json.dumps({"type": "tool_result", "call_id": call["call_id"], "result": "shipped on Monday"}))
+    reply = agent.wait_for(lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=ended)
+    assert "monday" in reply["data"].lower() or "shipped" in reply["data"].lower(), reply
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("{oops", "invalid JSON"),
+        (json.dumps(["list"]), "JSON objects"),
+        (json.dumps({"type": "dance"}), "unknown message type"),
+        (json.dumps({"type": "voice", "data": "Z9"}), "voice"),
+        (json.dumps({"type": "language", "data": "xx"}), "language"),
+        (json.dumps({"type": "rates", "playback": 12345}), "sample_rate"),
+        (json.dumps({"type": "visemes", "data": "yes"}), "visemes"),
+        (json.dumps({"type": "tools", "data": [{"nope": 1}]}), "name"),
+        (json.dumps({"type": "tool_result", "call_id": "nope", "result": "x"}), "call_id"),
+        (json.dumps({"type": "max_context_messages", "data": -3}), "max_context_messages"),
+        (b"\x01\x02\x03", "odd length"),
+    ],
+)
+def test_agent_bad_input_gets_error_and_session_survives(server: RunningServer, message, expected: str) -> None:
+    with connect(f"{server.ws}/ws/agent?api_key={server.api_key}") as ws:
+        ws.send(message)
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and expected in error["data"], error
+        ws.send(json.dumps({"type": "prompt", "data": "Still alive?"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "status", "data": "prompt_set"}
