@@ -68,7 +68,8 @@ class AgentClient:
     def events(self, kind: str | None = None, since: float = 0.0) -> list[dict]:
         with self._lock:
             return [
-                r.message for r in self.log
+                r.message
+                for r in self.log
                 if r.message is not None and r.at >= since and (kind is None or r.message.get("type") == kind)
             ]
 
@@ -88,7 +89,7 @@ class AgentClient:
         with self._lock:
             return next((r.at for r in reversed(self.log) if r.audio), None)
 
-    def wait_for(self, predicate, timeout: float = 60.0, since: float = 0.0) -> dict:  # noqa: ANN001
+    def wait_for(self, predicate, timeout: float = 60.0, since: float = 0.0) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for message in self.events(since=since):
@@ -99,6 +100,11 @@ class AgentClient:
 
     def wait_status(self, status: str, since: float, timeout: float = 60.0) -> dict:
         return self.wait_for(lambda m: m.get("type") == "status" and m.get("data") == status, timeout, since)
+
+    def wait_transcript(self, role: str, since: float, timeout: float = 60.0) -> dict:
+        return self.wait_for(
+            lambda m: m.get("type") == "transcript" and m.get("role") == role, timeout, since
+        )
 
     def close(self) -> None:
         self._running = False

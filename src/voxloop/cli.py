@@ -39,7 +39,7 @@ def say(args: argparse.Namespace) -> int:
 
     speaker = Speaker(Settings())
     voice = speaker.resolve(args.voice, args.lang)
-    chunks = list(speaker.synthesize(args.text, voice, args.lang or "en", args.speed))
+    chunks = list(speaker.synthesize(args.text, voice, speaker.language_of(args.lang, voice), args.speed))
     rate = chunks[0].sample_rate
     Path(args.output).write_bytes(write_wav(np.concatenate([c.audio for c in chunks]), rate))
     print(f"wrote {args.output} ({voice.name}, {rate} Hz)")

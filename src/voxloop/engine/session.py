@@ -97,11 +97,11 @@ class Session:
 
     def configure(self, **changes: object) -> None:
         """Applies config changes; a bad voice or language raises ValueError and changes nothing."""
-        config = self.config
-        voice_id = changes.get("voice", config.voice)
-        language = changes.get("language", config.language)
+        config, speaker = self.config, self.backends.speaker
         if "voice" in changes or "language" in changes:
-            self.voice = self.backends.speaker.resolve(voice_id, language)  # type: ignore[arg-type]
+            language = changes.get("language", config.language)
+            self.voice = speaker.resolve(changes.get("voice", config.voice), language)  # type: ignore[arg-type]
+            changes["language"] = speaker.language_of(language, self.voice)  # type: ignore[arg-type]
         for key, value in changes.items():
             setattr(config, key, value)
         self.history.prompt = config.prompt
@@ -176,7 +176,7 @@ class Session:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        getattr(self.segmenter.vad, "close", lambda: None)()
+        self.segmenter.vad.close()  # hands the VAD engine back to the pool
 
     # ---- turn-taking ---------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ class LlamaLlm:
                         n_threads_batch=self._settings.llm_batch_threads,
                         verbose=False,
                     )
-                except (ValueError, RuntimeError) as exc:
+                except Exception as exc:  # llama-cpp-python raises bare ValueErrors for bad files
                     raise LlmError(f"llama.cpp could not load {path}: {exc}") from exc
                 log.info("loaded %s in %.2f s", path, time.perf_counter() - started)
             return self._llama
@@ -144,7 +144,7 @@ class LlamaLlm:
                         yield content
             finally:
                 chunks.close()
-        except (ValueError, RuntimeError) as exc:  # template error, context overflow, decode failure
+        except Exception as exc:  # template error, context overflow, decode failure
             raise LlmError(f"llama.cpp generation failed: {exc}") from exc
 
 

@@ -2,8 +2,9 @@
 
 Ids are the 15 Oculus/OVR visemes (0 sil, 1 PP, 2 FF, 3 TH, 4 DD, 5 kk, 6 CH, 7 SS, 8 nn, 9 RR,
 10 aa, 11 E, 12 ih, 13 oh, 14 ou). None of the engines reports phoneme timing, so letters are
-mapped to visemes by spelling and spread over the chunk's voiced frames: the mouth closes ("sil")
-where the audio actually pauses, not where punctuation says it might.
+mapped to visemes by spelling and spread over the chunk: over its voiced frames when the audio is
+given (the mouth then closes where the speaker actually pauses), else evenly, pausing at
+punctuation.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ _HANGUL_FINAL = (None, "kk", "kk", "kk", "nn", "nn", "nn", "DD", "nn", "kk", "PP
                  "nn", "PP", "PP", "PP", "DD", "DD", "nn", "DD", "DD", "kk", "DD", "PP", "DD")  # fmt: skip
 
 VOWEL_WEIGHT, CONSONANT_WEIGHT, DIGIT_WEIGHT = 1.0, 0.6, 2.0  # relative time a letter takes
+PAUSE_WEIGHTS = {",": 1.5, ";": 1.5, ":": 1.5, ".": 2.0, "!": 2.0, "?": 2.0, "…": 2.0}  # without audio
 VOICED_DB = -40.0  # 10 ms frames within this of the loudest are speech
 MIN_PAUSE_S = 0.08  # quieter stretches shorter than this are consonants or stops, not pauses
 FRAME_S = 0.01
 
 
-def _graphemes(text: str) -> list[tuple[int, str, float]]:
-    """(viseme id, source characters, weight) in reading order; letters without a viseme are skipped."""
+def _graphemes(text: str, with_pauses: bool) -> list[tuple[int, str, float]]:
+    """(viseme id, source characters, weight) in reading order; id 0 is a pause at punctuation."""
     out: list[tuple[int, str, float]] = []
     i = 0
     while i < len(text):
@@ -62,6 +64,8 @@ def _graphemes(text: str) -> list[tuple[int, str, float]]:
             out.append((_ID[name], char, weight))
         elif char.isdigit():  # spoken as a word: an open mouth for a while
             out.append((_ID["aa"], char, DIGIT_WEIGHT))
+        elif with_pauses and char in PAUSE_WEIGHTS:
+            out.append((0, char, PAUSE_WEIGHTS[char]))
     return out
 
 
@@ -79,20 +83,29 @@ def _voiced_frames(audio: np.ndarray, frame: int) -> np.ndarray:
     return voiced
 
 
-def visemes_for(text: str, audio: np.ndarray, sample_rate: int, offset_s: float = 0.0) -> list[dict]:
-    """Visemes for ``text`` spoken in ``audio``, timed from ``offset_s`` (the chunk's start in the stream).
+def visemes_for(
+    text: str, duration_s: float, offset_s: float = 0.0, audio: np.ndarray | None = None
+) -> list[dict]:
+    """Visemes for ``text`` spoken over ``duration_s`` seconds from ``offset_s`` (the chunk's start
+    in the stream).
 
-    Letters go over the voiced frames in reading order; a "sil" viseme marks each pause and the end
-    of speech. Times are non-decreasing and within [offset_s, offset_s + duration of audio].
+    ``audio`` is the chunk's samples (their rate is ``len(audio) / duration_s``); with it, letters go
+    over the voiced frames only and a "sil" marks each real pause. Either way a final "sil" marks the
+    end of speech, and times are non-decreasing and within [offset_s, offset_s + duration_s].
     """
-    duration = len(audio) / sample_rate
-    frame = max(1, round(sample_rate * FRAME_S))
-    voiced = _voiced_frames(audio, frame)
+    if duration_s <= 0:
+        return []
+    if audio is not None and len(audio):
+        frame = max(1, round(len(audio) / duration_s * FRAME_S))
+        voiced, frame_s = _voiced_frames(audio, frame), duration_s * frame / len(audio)
+        graphemes = _graphemes(text, with_pauses=False)  # the audio shows where the pauses are
+    else:
+        count = max(1, round(duration_s / FRAME_S))
+        voiced, frame_s = np.ones(count, bool), duration_s / count
+        graphemes = _graphemes(text, with_pauses=True)
     on = np.flatnonzero(voiced)
-    graphemes = _graphemes(text)
     if not graphemes or on.size == 0:
         return [{"v": 0, "c": " ", "t": round(offset_s, 3)}]
-    frame_s = frame / sample_rate
     weights = np.array([weight for _, _, weight in graphemes])
     starts = (np.cumsum(weights) - weights) / weights.sum()  # where each grapheme begins, 0..1
     events = [
@@ -103,5 +116,5 @@ def visemes_for(text: str, audio: np.ndarray, sample_rate: int, offset_s: float 
     if voiced[-1]:
         events.append((len(voiced) * frame_s, 0, " "))
     events.sort(key=lambda event: event[0])
-    end = offset_s + duration
-    return [{"v": int(v), "c": c, "t": round(min(offset_s + t, end), 3)} for t, v, c in events]
+    end = offset_s + duration_s
+    return [{"v": int(v), "c": c, "t": round(float(min(offset_s + t, end)), 3)} for t, v, c in events]

@@ -32,8 +32,8 @@ ESPEAK_VOICES = {
 NEURAL_LANGUAGE = "en"
 STYLES = range(1, 6)
 SEMITONES = {1: 0.0, 2: 1.0, 3: -1.0, 4: 2.0, 5: -2.0}  # neural variants; espeak has its own f1-f5/m1-m5
-MIN_SPEED, MAX_SPEED = 0.25, 4.0  # accepted; engines sound right within 0.5-2.0, so it is clamped there
-SPEED_RANGE = (0.5, 2.0)
+ACCEPTED_SPEED = (0.25, 4.0)  # outside: ValueError
+USABLE_SPEED = (0.5, 2.0)  # where every engine still sounds right: accepted speeds are clamped to it
 MAX_PIECE_CHARS = 300  # longer sentences are cut at clauses, then words
 
 _LOKUTOR_ID = re.compile(r"(?:(?:en|esca)_)?([fm])([1-5])")
@@ -220,9 +220,10 @@ class Speaker:
             raise ValueError("text to speak is empty")
         if len(text) > self._settings.max_tts_chars:
             raise ValueError(f"text is {len(text)} characters; the limit is {self._settings.max_tts_chars}")
-        if not MIN_SPEED <= speed <= MAX_SPEED:
-            raise ValueError(f"speed must be within {MIN_SPEED}-{MAX_SPEED} (1.0 is normal), not {speed}")
-        return self._stream(text, entry, min(max(speed, SPEED_RANGE[0]), SPEED_RANGE[1]))
+        low, high = ACCEPTED_SPEED
+        if not low <= speed <= high:
+            raise ValueError(f"speed must be within {low}-{high} (1.0 is normal), not {speed}")
+        return self._stream(text, entry, min(max(speed, USABLE_SPEED[0]), USABLE_SPEED[1]))
 
     def _stream(self, text: str, entry: _Entry, speed: float) -> Iterator[SpeechChunk]:
         engine = self._engine(entry.engine)

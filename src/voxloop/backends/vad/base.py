@@ -16,6 +16,10 @@ class VadStream(Protocol):
 
     def reset(self) -> None: ...
 
+    def close(self) -> None:
+        """Releases the detector; the stream is unusable afterwards."""
+        ...
+
 
 class VoiceActivityDetector(Protocol):
     sample_rate: int

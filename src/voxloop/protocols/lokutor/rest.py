@@ -99,4 +99,5 @@ async def voices(request: Request) -> JSONResponse:
 
 @router.get("/languages")
 async def languages(request: Request) -> JSONResponse:
-    return JSONResponse({"languages": request.app.state.backends.speaker.languages()})
+    codes = request.app.state.backends.speaker.languages()
+    return JSONResponse({"languages": [{"code": code} for code in codes]})

@@ -137,6 +137,8 @@ async def serve_stt(websocket: WebSocket, backends: Backends) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if session is not None:
+            session.segmenter.vad.close()  # hands the VAD engine back to the pool
 
 
 def _command_of(text: str | None) -> str:
