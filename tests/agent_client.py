@@ -4,6 +4,7 @@ speaker leaking back into the microphone (no echo cancellation). Used by tests a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -36,7 +37,8 @@ class AgentClient:
     log: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.ws: ClientConnection = connect(self.url, max_size=1 << 22)
+        self._exit = contextlib.ExitStack()
+        self.ws: ClientConnection = self._exit.enter_context(connect(self.url, max_size=1 << 22))
         self._speaker: deque[np.ndarray] = deque()  # received reply audio waiting to be played
         self._echo_line = np.zeros(int(self.echo_delay_s * self.rate), dtype=np.float32)
         self._lock = threading.Lock()
@@ -109,7 +111,7 @@ class AgentClient:
     def close(self) -> None:
         self._running = False
         self._mic.join(timeout=2)
-        self.ws.close()
+        self._exit.close()
         self._receiver.join(timeout=5)
 
     # -- threads --

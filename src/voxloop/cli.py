@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("serve", help="start the server")
     p.add_argument("--host", help="default VOXLOOP_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, help="default VOXLOOP_PORT or 8080")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default=os.environ.get("VOXLOOP_LOG_LEVEL", "info"))
     p.set_defaults(run=serve)
 
     p = commands.add_parser("say", help="synthesise text to a WAV file")
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=transcribe)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
     except ValueError as exc:

@@ -13,9 +13,9 @@ import numpy as np
 
 RATE = 16000
 MAX_DELAY = int(0.8 * RATE)  # client playout buffer plus the acoustic path
-WINDOW = 8192  # samples correlated per delay estimate (~0.5 s)
+WINDOW = 4096  # samples correlated per delay estimate (~0.26 s)
 HISTORY = 1 << 16  # ring size (~4 s): covers window plus the largest delay
-ESTIMATE_EVERY = 2048  # samples between delay estimates
+ESTIMATE_EVERY = 512  # every VAD frame: client playback can shift by a frame at any time
 MIN_CORRELATION = 0.4  # normalised correlation needed to trust a delay
 
 
@@ -24,6 +24,7 @@ class EchoGuard:
         self._ref = np.zeros(HISTORY, dtype=np.float32)  # reference, indexed by mic position % HISTORY
         self._mic = np.zeros(HISTORY, dtype=np.float32)
         self._ref_until = 0  # mic position after the last reference sample written
+        self._ref_started = 0  # mic position where the current stretch of bot audio began
         self._position = 0  # mic samples received
         self._since_estimate = 0
         self.delay: int | None = None  # extra delay found, in samples
@@ -33,8 +34,19 @@ class EchoGuard:
     def position(self) -> int:
         return self._position
 
-    def add_reference(self, samples: np.ndarray, at_position: int) -> None:
-        """Bot audio (16 kHz) expected to reach the microphone from mic sample ``at_position``."""
+    def add_reference(self, samples: np.ndarray, starts_in_s: float, contiguous: bool) -> None:
+        """Bot audio (16 kHz) the client starts playing ``starts_in_s`` from now.
+
+        ``contiguous`` pieces follow the previous one without a gap in the client's playback, so
+        they are laid end to end: sample-exact alignment is what makes subtraction work, and
+        per-piece wall-clock jitter would ruin it.
+        """
+        if contiguous and self._ref_until > self._position:
+            at_position = self._ref_until
+        else:
+            at_position = self._position + round(starts_in_s * RATE)
+            if not self.active():
+                self._ref_started = at_position
         # The ring holds the past window and delays plus ~1.4 s ahead; callers write as they send.
         room = self._position + HISTORY - MAX_DELAY - 2 * WINDOW - at_position
         samples = samples[: max(room, 0)]
@@ -44,7 +56,13 @@ class EchoGuard:
 
     def active(self) -> bool:
         """Whether bot audio may still be coming back through the microphone."""
-        return self._position < self._ref_until + MAX_DELAY
+        return self._ref_until > 0 and self._position < self._ref_until + MAX_DELAY
+
+    def uncertain(self) -> bool:
+        """Bot audio may be arriving but its delay is not known yet (the first moments of the
+        first reply). Once the search window has passed without a match there is no echo path
+        (headphones), and the microphone is trusted again."""
+        return self.active() and self.delay is None and self._position < self._ref_started + MAX_DELAY + WINDOW
 
     def process(self, mic: np.ndarray) -> np.ndarray:
         """The microphone samples with the estimated echo removed."""
@@ -56,13 +74,14 @@ class EchoGuard:
         stale = (start - MAX_DELAY - WINDOW - np.arange(len(mic))) % HISTORY
         if not self.active():
             self._ref[stale] = 0.0
-            self.delay, self.gain = None, 0.0
-            return mic
+            return mic  # the last delay and gain are kept: the echo path rarely changes
         self._since_estimate += len(mic)
         if self._since_estimate >= ESTIMATE_EVERY or self.delay is None:
             self._since_estimate = 0
             self._estimate()
         self._ref[stale] = 0.0
+        if self.uncertain():
+            return np.zeros_like(mic)  # likely our own echo: do not let it start a turn
         if self.delay is None or self.gain <= 0.0:
             return mic
         echo = self._ref[(start - self.delay + np.arange(len(mic))) % HISTORY]
@@ -84,11 +103,11 @@ class EchoGuard:
         cumulative = np.concatenate([[0.0], np.cumsum(ref.astype(np.float64) ** 2)])
         energy = (cumulative[WINDOW:] - cumulative[:-WINDOW])[::-1]  # reference energy under each delay
         normalised = correlation / np.sqrt(np.maximum(energy * float(np.dot(mic, mic)), 1e-12))
+        normalised[energy < 1e-3 * energy.max()] = 0.0  # near-silent reference: ratio is only noise
         delay = int(np.argmax(normalised))
         if normalised[delay] < MIN_CORRELATION:
             return
         aligned = self._window(self._ref, end - delay, WINDOW)
-        self.delay = delay
-        self.gain = float(
-            np.clip(np.dot(mic, aligned) / max(float(np.dot(aligned, aligned)), 1e-9), 0.0, 2.0)
-        )
+        gain = float(np.dot(mic, aligned) / max(float(np.dot(aligned, aligned)), 1e-9))
+        if 0.01 < gain < 4.0:  # otherwise a chance match, not an echo: keep the last estimate
+            self.delay, self.gain = delay, gain

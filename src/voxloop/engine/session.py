@@ -182,6 +182,8 @@ class Session:
 
     async def _on_speech_started(self, event: SpeechStarted) -> None:
         await self.emit(events.SpeechStarted(event.at_sample / VAD_RATE))
+        log.debug("speech started; echo active=%s delay=%s gain=%.2f", self.echo.active(), self.echo.delay,
+                  self.echo.gain)
         if self.current is not None:
             self.current.resumed.clear()  # pause at once; words will confirm the barge-in
             self.barge_checked_at = self.segmenter.position
@@ -324,12 +326,11 @@ class Session:
                     first = False
                     response.mark("first_byte_sent")
                     await self.emit(events.StatusChanged("speaking", response.generation))
+                contiguous = playout.ends_at >= now  # the client is still playing the last frame
                 starts_at = playout.sent(len(frame) // 2, now)
                 count = round(len(frame) // 2 * VAD_RATE / rate)
-                self.echo.add_reference(
-                    speech.reference[reference_at : reference_at + count],
-                    self.echo.position + round((starts_at - now) * VAD_RATE),
-                )
+                piece = speech.reference[reference_at : reference_at + count]
+                self.echo.add_reference(piece, starts_at - now, contiguous)
                 reference_at += count
                 await self.emit(events.AudioOut(frame, response.generation))
         await asyncio.sleep(max(0.0, playout.ends_at - time.monotonic()))

@@ -33,9 +33,8 @@ class LlamaLlm:
 
     The template in the GGUF (Qwen2.5's for the embedded models) lays out the tool block, past tool
     calls and ``<tool_response>`` turns; calls the model writes as text are parsed by ToolCallFilter.
-    llama.cpp reuses the KV cache for the longest prefix shared
-    with the previous request, so a byte-identical system prompt (and tool list) is only evaluated
-    once.
+    llama.cpp reuses the KV cache for the longest prefix shared with the previous request, so a
+    byte-identical system prompt (and tool list) is only evaluated once.
     """
 
     def __init__(self, settings: Settings) -> None:
