@@ -99,7 +99,9 @@ def test_echo_guard_removes_delayed_reply_but_keeps_the_user() -> None:
     guard, cleaned, written = EchoGuard(), [], 0
     for start in range(0, total, 512):
         while written < len(bot) and written <= start + 3200:  # reference written 200 ms ahead
-            guard.add_reference(bot[written : written + 640], (written - start) / RATE, contiguous=written > 0)
+            guard.add_reference(
+                bot[written : written + 640], (written - start) / RATE, contiguous=written > 0
+            )
             written += 640
         cleaned.append(guard.process(mic[start : start + 512]))
     out = np.concatenate(cleaned)

@@ -12,11 +12,11 @@ import httpx
 import numpy as np
 import pytest
 from lokutor import STTClient, TTSClient
-from tests.server import RunningServer
-from tests.speech import espeak_wav, pocketsphinx_samples, word_error_rate
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from tests.server import RunningServer
+from tests.speech import espeak_wav, pocketsphinx_samples, word_error_rate
 from voxloop.audio.pcm import float_to_pcm16, pcm16_to_float, resample, write_wav
 
 RATE = 44100

@@ -62,7 +62,9 @@ class EchoGuard:
         """Bot audio may be arriving but its delay is not known yet (the first moments of the
         first reply). Once the search window has passed without a match there is no echo path
         (headphones), and the microphone is trusted again."""
-        return self.active() and self.delay is None and self._position < self._ref_started + MAX_DELAY + WINDOW
+        return (
+            self.active() and self.delay is None and self._position < self._ref_started + MAX_DELAY + WINDOW
+        )
 
     def process(self, mic: np.ndarray) -> np.ndarray:
         """The microphone samples with the estimated echo removed."""

@@ -182,8 +182,12 @@ class Session:
 
     async def _on_speech_started(self, event: SpeechStarted) -> None:
         await self.emit(events.SpeechStarted(event.at_sample / VAD_RATE))
-        log.debug("speech started; echo active=%s delay=%s gain=%.2f", self.echo.active(), self.echo.delay,
-                  self.echo.gain)
+        log.debug(
+            "speech started; echo active=%s delay=%s gain=%.2f",
+            self.echo.active(),
+            self.echo.delay,
+            self.echo.gain,
+        )
         if self.current is not None:
             self.current.resumed.clear()  # pause at once; words will confirm the barge-in
             self.barge_checked_at = self.segmenter.position
