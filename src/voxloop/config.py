@@ -61,8 +61,12 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 256
     llm_temperature: float = 0.6
+    server_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Built-in server-side tools to offer the LLM, e.g. get_current_time.",
+    )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "server_tools", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -7,7 +7,7 @@ import re
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s|\n+")
 _CLAUSE_END = re.compile(r"[,;:—–]\s")
-_MARKUP = re.compile(r"[*_#`~>|]+")
+_MARKUP = re.compile(r"<[^>\s]*>?|[*_#`~<>|{}\[\]\"]+")  # markdown, tags, JSON punctuation
 
 
 class SpeechChunker:
@@ -47,5 +47,5 @@ class SpeechChunker:
 
 
 def clean(text: str) -> str:
-    """Drops markdown the voice should not read aloud."""
+    """Drops markdown, tags and JSON punctuation the voice should not read aloud."""
     return " ".join(_MARKUP.sub(" ", text).split())

@@ -16,7 +16,7 @@ MAX_DELAY = int(0.8 * RATE)  # client playout buffer plus the acoustic path
 WINDOW = 4096  # samples correlated per delay estimate (~0.26 s)
 HISTORY = 1 << 16  # ring size (~4 s): covers window plus the largest delay
 ESTIMATE_EVERY = 512  # every VAD frame: client playback can shift by a frame at any time
-MIN_CORRELATION = 0.4  # normalised correlation needed to trust a delay
+MIN_CORRELATION = 0.6  # normalised correlation needed to trust a delay
 
 
 class EchoGuard:
@@ -87,7 +87,10 @@ class EchoGuard:
         if self.delay is None or self.gain <= 0.0:
             return mic
         echo = self._ref[(start - self.delay + np.arange(len(mic))) % HISTORY]
-        return (mic - self.gain * echo).astype(np.float32)
+        residual = (mic - self.gain * echo).astype(np.float32)
+        # A wrong estimate would add the bot's voice instead of removing it: subtract only
+        # where it takes energy away.
+        return residual if float(np.dot(residual, residual)) < float(np.dot(mic, mic)) else mic
 
     def _window(self, ring: np.ndarray, end: int, length: int) -> np.ndarray:
         return ring[(end - length + np.arange(length)) % HISTORY]

@@ -33,12 +33,15 @@ from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
 from voxloop.engine.response import CLIENT_TOOL_TIMEOUT_S, Response, TurnSetup
 from voxloop.engine.segmenter import SegmenterConfig, SpeechEnded, SpeechStarted, UtteranceSegmenter
-from voxloop.engine.tools import ToolRegistry, default_tools
+from voxloop.engine.tools import ToolRegistry
 from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
 
 log = logging.getLogger(__name__)
 
 VAD_RATE = 16000
+FILLERS = frozenset(
+    {"uh", "um", "umm", "hmm", "hm", "mm", "mhm", "mm-hmm", "uh-huh", "ah", "oh", "er", "erm"}
+)
 OUTBOX_SIZE = 512  # events waiting for a slow client; beyond this the session waits for it
 
 
@@ -56,6 +59,8 @@ class SessionConfig:
     turn: SegmenterConfig = field(default_factory=SegmenterConfig)
     speculate_after_s: float = 0.16  # silence after which a reply is prepared speculatively
     barge_check_every_s: float = 0.3  # how often paused-for-barge-in speech is transcribed
+    min_words: int = 1  # words (fillers aside) an utterance needs to interrupt or start a turn
+    filler_words: frozenset[str] = FILLERS
 
 
 @dataclass
@@ -70,11 +75,11 @@ class PendingTurn:
 
 class Session:
     def __init__(
-        self, backends: Backends, config: SessionConfig | None = None, tools: ToolRegistry = default_tools
+        self, backends: Backends, config: SessionConfig | None = None, tools: ToolRegistry | None = None
     ) -> None:
         self.backends = backends
         self.config = config or SessionConfig()
-        self.server_tools = tools
+        self.server_tools = tools or ToolRegistry()
         self.history = History(self.config.prompt, self.config.max_context_messages)
         self.voice = backends.speaker.resolve(self.config.voice, self.config.language)
         self.echo = EchoGuard()
@@ -221,7 +226,7 @@ class Session:
             if text is None:
                 text = await self._transcribe(audio)
                 stt_done = time.monotonic() - pending.speech_end
-            if not text.strip():
+            if not self._has_words(text):
                 await pending.committed.wait()
                 if self.current is not None:
                     self.current.resumed.set()  # a cough or a slam: the reply goes on
@@ -245,6 +250,11 @@ class Session:
         finally:
             if self.pending is pending:
                 self.pending = None
+
+    def _has_words(self, text: str) -> bool:
+        """Words that mean something: a cough transcribes as nothing, a backchannel as fillers."""
+        words = [w.strip(".,!?;:-'\"").lower() for w in text.split()]
+        return sum(1 for w in words if w and w not in self.config.filler_words) >= self.config.min_words
 
     async def _transcribe(self, audio: np.ndarray | None) -> str:
         if audio is None or audio.size == 0:
@@ -292,7 +302,7 @@ class Session:
 
     async def _check_barge_in(self, response: Response, audio: np.ndarray) -> None:
         try:
-            if (await self._transcribe(audio)).strip() and self.current is response:
+            if self._has_words(await self._transcribe(audio)) and self.current is response:
                 await self._interrupt(response)
         finally:
             self.barge_check = None

@@ -31,6 +31,15 @@ class ToolRegistry:
 
         return register
 
+    def subset(self, names: list[str]) -> ToolRegistry:
+        """A registry with only the named tools (configuration picks which built-ins are on)."""
+        unknown = sorted(set(names) - set(self._tools))
+        if unknown:
+            raise ValueError(f"unknown server tools {unknown}; available: {sorted(self._tools)}")
+        chosen = ToolRegistry()
+        chosen._tools = {name: self._tools[name] for name in names}
+        return chosen
+
     def specs(self) -> list[ToolSpec]:
         return [spec for spec, _ in self._tools.values()]
 
@@ -72,9 +81,9 @@ def parse_client_tools(data: object) -> list[ToolSpec]:
     return specs
 
 
-default_tools = ToolRegistry()
+builtin_tools = ToolRegistry()  # enabled by name with VOXLOOP_SERVER_TOOLS
 
 
-@default_tools.tool("Get the current local date and time.")
+@builtin_tools.tool("Get the current local date and time.")
 def get_current_time() -> str:
     return dt.datetime.now().astimezone().strftime("%A %d %B %Y, %H:%M %Z")

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voxloop import __version__
 from voxloop.backends.registry import Backends
 from voxloop.config import Settings
+from voxloop.engine.tools import builtin_tools
 from voxloop.protocols.lokutor import rest as lokutor_rest
 from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
@@ -33,6 +34,7 @@ Handler = Callable[[WebSocket, Backends], Awaitable[None]]
 def create_app(settings: Settings | None = None, backends: Backends | None = None) -> FastAPI:
     settings = settings or Settings()
     keys = KeyCheck(settings.api_keys)
+    builtin_tools.subset(settings.server_tools)  # a misspelt tool name fails at start, not per session
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
