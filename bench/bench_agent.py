@@ -69,25 +69,28 @@ def voice_to_voice(server: RunningServer, turns: int) -> None:
 
 
 def barge_in(server: RunningServer, trials: int) -> None:
-    client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}")
+    """Each trial a fresh session: the bot tells a story, the user talks over it."""
     reactions = []
     stop = espeak_16k("Stop, please stop talking.")
-    try:
-        client.configure("You are a storyteller. Tell long, detailed stories of at least ten sentences.")
-        for i in range(trials):
-            ended = client.say(espeak_16k(f"Tell me a long story about a dragon number {i + 1}."))
+    for _ in range(trials * 2):
+        if len(reactions) == trials:
+            break
+        client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}")
+        try:
+            client.configure("You are a storyteller. Tell long, detailed stories of at least ten sentences.")
+            ended = client.say(espeak_16k("Tell me a long story about a dragon and a knight."))
             client.wait_status("speaking", since=ended, timeout=60)
             time.sleep(1.5)
+            if "listening" in client.statuses(since=ended):
+                continue  # the reply was over before the user could interrupt it
             onset = time.monotonic() + 0.02  # the next microphone frame carries the first sample
             client.say(stop)
             interrupted = client.wait_status("interrupted", since=onset, timeout=30)
             arrived = next(r.at for r in client.log if r.message is interrupted)
             last_byte = max((r.at for r in client.log if r.audio and r.at <= arrived), default=onset)
             reactions.append(max(0.0, last_byte - onset))
-            client.wait_status("listening", since=arrived, timeout=60)
-            time.sleep(0.5)
-    finally:
-        client.close()
+        finally:
+            client.close()
     print(summary("barge-in reaction (user speech onset -> last reply byte received)", reactions))
 
 

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     llm_model: str = Field("qwen2.5-0.5b", description="'qwen2.5-0.5b', 'qwen2.5-1.5b' or a .gguf")
     llm_context: int = 4096
     llm_threads: int = 1
-    llm_batch_threads: int = 1  # 2 stalls for seconds whenever speech work holds the other core
+    llm_batch_threads: int = 2  # prompt evaluation: the STT is done by then, so both cores are free
     llm_base_url: str = "http://127.0.0.1:8000/v1"
     llm_api_key: str = ""
     llm_remote_model: str = "default"
