@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.stats import summary
 from tests.agent_client import AgentClient
 from tests.server import RunningServer, start_server
 from tests.speech import espeak_16k
-
-from bench.stats import summary
 
 RATE = 16000
 QUESTIONS = [

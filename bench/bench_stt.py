@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.speech import load_16k, normalize_words, pocketsphinx_samples, word_error_rate
-
 from bench.stats import summary
+from tests.speech import load_16k, normalize_words, pocketsphinx_samples, word_error_rate
 from voxloop import models
 from voxloop.backends.stt.whisper import WhisperStt
 from voxloop.config import Settings
