@@ -120,6 +120,7 @@ def test_spanish_voice_is_understood(server: RunningServer) -> None:
     ("payload", "expected"),
     [
         ("not json", "not valid JSON"),
+        ("[" * 100_000, "nested too deeply"),
         ("[1, 2]", "JSON object"),
         (json.dumps({"voice": "F1"}), "'text'"),
         (json.dumps({"text": "   "}), "empty"),

@@ -28,11 +28,8 @@ class EchoGuard:
         self._position = 0  # mic samples received
         self._since_estimate = 0
         self.delay: int | None = None  # extra delay found, in samples
+        self.no_echo_path = False  # set once bot audio played without any echo coming back
         self.gain = 0.0
-
-    @property
-    def position(self) -> int:
-        return self._position
 
     def add_reference(self, samples: np.ndarray, starts_in_s: float, contiguous: bool) -> None:
         """Bot audio (16 kHz) the client starts playing ``starts_in_s`` from now.
@@ -62,9 +59,12 @@ class EchoGuard:
         """Bot audio may be arriving but its delay is not known yet (the first moments of the
         first reply). Once the search window has passed without a match there is no echo path
         (headphones), and the microphone is trusted again."""
-        return (
-            self.active() and self.delay is None and self._position < self._ref_started + MAX_DELAY + WINDOW
-        )
+        if not self.active() or self.delay is not None or self.no_echo_path:
+            return False
+        if self._position < self._ref_started + MAX_DELAY + WINDOW:
+            return True
+        self.no_echo_path = True  # a whole search window of bot audio and no echo: headphones
+        return False
 
     def process(self, mic: np.ndarray) -> np.ndarray:
         """The microphone samples with the estimated echo removed."""
@@ -73,7 +73,7 @@ class EchoGuard:
         self._mic[index] = mic
         self._position += len(mic)
         # Clear the reference that is now older than any delay we search, so the ring can be reused.
-        stale = (start - MAX_DELAY - WINDOW - np.arange(len(mic))) % HISTORY
+        stale = (start - MAX_DELAY - WINDOW + np.arange(len(mic))) % HISTORY
         if not self.active():
             self._ref[stale] = 0.0
             return mic  # the last delay and gain are kept: the echo path rarely changes

@@ -55,6 +55,3 @@ class Playout:
                 share = (played - span.start) / max(span.end - span.start, 1e-6)
                 words.extend(piece[: int(len(piece) * share)])
         return " ".join(words)
-
-    def finished(self, now: float | None = None) -> bool:
-        return (time.monotonic() if now is None else now) >= self.ends_at

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from voxloop.audio.pcm import resample
 from voxloop.backends.llm.base import ChatMessage, LlmError, TextDelta, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
 from voxloop.backends.tts.base import Voice
@@ -28,17 +26,13 @@ from voxloop.engine.history import History
 from voxloop.engine.playout import Playout
 from voxloop.engine.tools import ToolRegistry
 
+log = logging.getLogger(__name__)
+
 MAX_TOOL_ROUNDS = 4
 FILLER_AFTER_S = 1.0  # a tool running longer than this gets a spoken filler: no dead air
 FILLER = "One moment, please."
 CLIENT_TOOL_TIMEOUT_S = 30.0
 REFERENCE_RATE = 16000
-
-
-@dataclass
-class Speech:
-    rendered: RenderedSpeech
-    reference: np.ndarray  # the same audio at 16 kHz, for the echo guard
 
 
 @dataclass
@@ -65,7 +59,7 @@ class Response:
     speech_end: float  # monotonic time the user stopped speaking: the latency reference
     released: asyncio.Event = field(default_factory=asyncio.Event)
     resumed: asyncio.Event = field(default_factory=asyncio.Event)  # cleared while a barge-in is checked
-    audio: asyncio.Queue[Speech | None] = field(default_factory=asyncio.Queue)
+    audio: asyncio.Queue[RenderedSpeech | None] = field(default_factory=asyncio.Queue)
     turn: list[ChatMessage] = field(default_factory=list)  # this turn's messages, user first
     text: str = ""
     held_events: list[events.Event] = field(default_factory=list)
@@ -92,10 +86,9 @@ class Response:
             self.held_events.append(event)
 
     async def release(self) -> None:
+        while self.held_events:  # events sent while flushing join the queue, in order
+            await self.emit(self.held_events.pop(0))
         self.released.set()
-        held, self.held_events = self.held_events, []
-        for event in held:
-            await self.emit(event)
 
     async def cancel(self) -> None:
         for task in self.tasks:
@@ -105,14 +98,11 @@ class Response:
                 await task
 
     def history_messages(self, heard: str | None) -> list[ChatMessage]:
-        """This turn for the history; after an interruption the reply holds only what was heard."""
-        messages = list(self.turn)
-        if heard is not None:
-            while messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
-                messages.pop()
-            if heard:
-                messages.append(ChatMessage("assistant", heard))
-        return messages
+        """This turn for the history. After an interruption the reply is only what was heard, and
+        its tool exchanges go too: a call without its result would break the next request."""
+        if heard is None:
+            return list(self.turn)
+        return [self.turn[0], ChatMessage("assistant", heard)] if heard else [self.turn[0]]
 
     async def _write(self) -> None:
         setup = self.setup
@@ -143,33 +133,46 @@ class Response:
                     self.turn.append(ChatMessage("tool", result, tool_call_id=call.id))
         except LlmError as exc:
             await self.send(events.Error(f"language model failed: {exc}", "llm_error", self.generation))
+        except Exception as exc:  # a broken reply ends, the session goes on
+            log.exception("reply failed")
+            await self.send(events.Error(f"reply failed: {exc}", "server_error", self.generation))
         finally:
             self._pieces.put_nowait(None)
 
     async def _run_tool(self, call: ToolCall) -> str:
         setup = self.setup
+        await self.released.wait()  # a speculative reply that may be thrown away acts on nothing
         if call.name in setup.server_tools:
             job = asyncio.ensure_future(setup.server_tools.call(call.name, call.arguments))
         elif any(spec.name == call.name for spec in setup.client_tools):
             job = asyncio.ensure_future(setup.ask_client(call, self.generation))
         else:
             return f'{{"error": "no tool named {call.name}"}}'
-        done, _ = await asyncio.wait({job}, timeout=FILLER_AFTER_S)
-        if not done and not self._filler_spoken:
-            self._filler_spoken = True
-            self._pieces.put_nowait(FILLER)
-        return await job
+        try:
+            done, _ = await asyncio.wait({job}, timeout=FILLER_AFTER_S)
+            if not done and not self._filler_spoken:
+                self._filler_spoken = True
+                self._pieces.put_nowait(FILLER)
+            return await job
+        finally:
+            job.cancel()  # an interrupted reply does not keep its tools running
 
     async def _synthesize(self) -> None:
         setup = self.setup
         try:
             while (piece := await self._pieces.get()) is not None:
-                async for rendered in speak(
-                    setup.backends.speaker, piece, setup.voice, setup.language, setup.speed, setup.output_rate
-                ):
+                speech = speak(
+                    setup.backends.speaker,
+                    piece,
+                    setup.voice,
+                    setup.language,
+                    setup.speed,
+                    setup.output_rate,
+                    reference_rate=REFERENCE_RATE,
+                )
+                async for rendered in speech:
                     self.mark("tts_first_audio")
-                    reference = resample(rendered.audio, setup.output_rate, REFERENCE_RATE)
-                    await self.audio.put(Speech(rendered, reference))
+                    await self.audio.put(rendered)
         except Exception as exc:  # a failed piece ends the reply, not the session
             await self.send(events.Error(f"speech synthesis failed: {exc}", "tts_error", self.generation))
         finally:

@@ -60,7 +60,6 @@ class UtteranceSegmenter:
         self._silent_run = 0
         self.position = 0  # samples consumed so far
         self.speaking = False
-        self.last_probability = 0.0
 
     def push(self, samples: np.ndarray) -> list[SegmenterEvent]:
         self._pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
@@ -97,7 +96,6 @@ class UtteranceSegmenter:
 
     def _step(self, frame: np.ndarray) -> SegmenterEvent | None:
         probability = self.vad.probability(frame)
-        self.last_probability = probability
         self.position += len(frame)
         if not self.speaking:
             self._recent.append(frame)

@@ -1,7 +1,8 @@
 """A spoken conversation: turn-taking, speculation, barge-in, echo guard, history and tools.
 
 Protocols feed it audio and configuration and forward its canonical events (``next_event``).
-The session clock is samples received; wall time is used only to pace reply audio.
+The session clock is samples received; wall time paces reply audio and fills the silence of
+clients that stop sending audio between utterances.
 
 Turn-taking: once the user has been silent for ``speculate_after_s`` the utterance is
 transcribed and a reply is prepared (LLM and TTS) while the VAD hangover runs; if the user goes
@@ -18,7 +19,9 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +31,7 @@ from voxloop.backends.llm.base import ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
 from voxloop.backends.tts.stream import frames
 from voxloop.backends.tts.visemes import visemes_for
+from voxloop.backends.tts.voices import UnknownLanguage
 from voxloop.engine import events
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
@@ -39,10 +43,14 @@ from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
 log = logging.getLogger(__name__)
 
 VAD_RATE = 16000
+OUTBOX_SIZE = 512  # events waiting for a slow client
+CLIENT_STALL_S = 10.0  # a client that reads nothing for this long is dropped
+AUDIO_SLICE = 2048  # input is processed in slices, so a huge frame cannot wrap the echo rings
+IDLE_TICK_S = 0.1  # how often a client's silence (no audio sent at all) is checked
+IDLE_GAP_S = 0.3  # no audio for this long means the client stopped sending, not network jitter
 FILLERS = frozenset(
     {"uh", "um", "umm", "hmm", "hm", "mm", "mhm", "mm-hmm", "uh-huh", "ah", "oh", "er", "erm"}
 )
-OUTBOX_SIZE = 512  # events waiting for a slow client; beyond this the session waits for it
 
 
 @dataclass
@@ -59,6 +67,7 @@ class SessionConfig:
     turn: SegmenterConfig = field(default_factory=SegmenterConfig)
     speculate_after_s: float = 0.16  # silence after which a reply is prepared speculatively
     barge_check_every_s: float = 0.3  # how often paused-for-barge-in speech is transcribed
+    max_pause_s: float = 2.0  # speech without words this long (noise, music) lets the reply go on
     min_words: int = 1  # words (fillers aside) an utterance needs to interrupt or start a turn
     filler_words: frozenset[str] = FILLERS
 
@@ -67,6 +76,7 @@ class SessionConfig:
 class PendingTurn:
     """A user utterance being turned into a reply; ``committed`` once the user is really done."""
 
+    audio: np.ndarray
     audio_end: int  # segmenter position when it was cut
     speech_end: float  # monotonic time of the last voiced audio
     committed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -87,6 +97,7 @@ class Session:
         self.segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
         self.resampler = StreamResampler(self.config.input_rate, VAD_RATE)
         self.outbox: asyncio.Queue[events.Event] = asyncio.Queue(OUTBOX_SIZE)
+        self.stalled = asyncio.Event()  # set when the client stopped reading: the protocol hangs up
         self.generation = 0
         self.oldest_live_generation = 0  # events of older generations are dropped
         self.current: Response | None = None  # the released reply, playing or paused
@@ -94,19 +105,30 @@ class Session:
         self.pending: PendingTurn | None = None
         self.barge_check: asyncio.Task[None] | None = None
         self.barge_checked_at = 0
+        self.paused_at = 0  # segmenter position where the current reply was paused
         self.last_voiced_at = time.monotonic()
+        self.last_audio_at = time.monotonic()
         self.tool_waiters: dict[str, asyncio.Future[str]] = {}
         self.closed = False
+        self.idle_watch = self._spawn(self._fill_silence())
 
     # ---- configuration -------------------------------------------------------------------
 
-    def configure(self, **changes: object) -> None:
+    def configure(self, **changes: Any) -> None:
         """Applies config changes; a bad voice or language raises ValueError and changes nothing."""
         config, speaker = self.config, self.backends.speaker
         if "voice" in changes or "language" in changes:
+            voice_id = changes.get("voice", config.voice)
             language = changes.get("language", config.language)
-            self.voice = speaker.resolve(changes.get("voice", config.voice), language)  # type: ignore[arg-type]
-            changes["language"] = speaker.language_of(language, self.voice)  # type: ignore[arg-type]
+            try:
+                voice = speaker.resolve(voice_id, language)
+            except UnknownLanguage:
+                if "language" in changes:
+                    raise
+                voice = speaker.resolve(voice_id, None)  # a voice of another language brings its own
+                language = None
+            changes["language"] = speaker.language_of(language, voice)
+            self.voice = voice
         for key, value in changes.items():
             setattr(config, key, value)
         self.history.prompt = config.prompt
@@ -118,7 +140,22 @@ class Session:
 
     async def push_audio(self, pcm: bytes) -> None:
         """Microphone audio, S16LE mono at ``config.input_rate``."""
-        samples = self.echo.process(self.resampler.process(pcm16_to_float(pcm)))
+        self.last_audio_at = time.monotonic()
+        samples = self.resampler.process(pcm16_to_float(pcm))
+        for start in range(0, len(samples), AUDIO_SLICE):
+            await self._consume(self.echo.process(samples[start : start + AUDIO_SLICE]))
+
+    async def _fill_silence(self) -> None:
+        """Clients may stop sending audio between utterances (Lokutor's docs advise it): their
+        silence is fed in as silence, so turns still end."""
+        while True:
+            await asyncio.sleep(IDLE_TICK_S)
+            gap = time.monotonic() - self.last_audio_at
+            if gap >= IDLE_GAP_S and self.segmenter.speaking:
+                self.last_audio_at += gap
+                await self._consume(np.zeros(int(gap * VAD_RATE), dtype=np.float32))
+
+    async def _consume(self, samples: np.ndarray) -> None:
         now = time.monotonic()
         for event in self.segmenter.push(samples):
             if isinstance(event, SpeechStarted):
@@ -134,18 +171,7 @@ class Session:
                 self._drop_pending()  # the user went on: throw the speculative reply away
         elif silence >= self.config.speculate_after_s and self.pending is None:
             self._start_turn(self.segmenter.utterance_audio(), committed=False)
-        self._maybe_check_barge_in()
-
-    async def send_text(self, text: str) -> None:
-        """A typed user turn: answered like a spoken one, without STT."""
-        self.last_voiced_at = time.monotonic()
-        self._drop_pending()
-        self._start_turn(None, committed=True, text=text)
-
-    async def interrupt(self) -> None:
-        """The client stopped the reply itself."""
-        if self.current is not None:
-            await self._interrupt(self.current)
+        self._watch_barge_in()
 
     async def submit_tool_result(self, call_id: str, result: str) -> None:
         waiter = self.tool_waiters.pop(call_id, None)
@@ -167,51 +193,68 @@ class Session:
             return event
 
     async def emit(self, event: events.Event) -> None:
-        if not self.closed:
-            await self.outbox.put(event)
+        if self.closed:
+            return
+        try:
+            await asyncio.wait_for(self.outbox.put(event), CLIENT_STALL_S)
+        except TimeoutError:
+            log.warning("client read nothing for %.0f s: dropping the session", CLIENT_STALL_S)
+            self.closed = True
+            self.stalled.set()
 
     async def close(self) -> None:
         self.closed = True
         self._drop_pending()
-        tasks = [self.player, self.barge_check]
         if self.current is not None:
             await self.current.cancel()
-        for task in tasks:
+        for task in (self.player, self.barge_check, self.idle_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self.segmenter.vad.close()  # hands the VAD engine back to the pool
 
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A session task whose failure is logged and reported instead of vanishing."""
+        task = asyncio.create_task(coroutine)
+        task.add_done_callback(self._check_task)
+        return task
+
+    def _check_task(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("session task failed", exc_info=task.exception())
+        if task is self.player and self.current is not None:
+            self.current = None  # a dead player must not leave the session "speaking" forever
+        if not self.closed and not self.outbox.full():
+            self.outbox.put_nowait(events.Error(f"internal error: {task.exception()}"))
+
     # ---- turn-taking ---------------------------------------------------------------------
 
     async def _on_speech_started(self, event: SpeechStarted) -> None:
         await self.emit(events.SpeechStarted(event.at_sample / VAD_RATE))
-        log.debug(
-            "speech started; echo active=%s delay=%s gain=%.2f",
-            self.echo.active(),
-            self.echo.delay,
-            self.echo.gain,
-        )
         if self.current is not None:
-            self.current.resumed.clear()  # pause at once; words will confirm the barge-in
-            self.barge_checked_at = self.segmenter.position
+            self._pause(self.current)  # words will confirm the barge-in
         else:
             await self.emit(events.StatusChanged("listening", self.generation))
 
     async def _on_speech_ended(self, event: SpeechEnded) -> None:
         await self.emit(events.SpeechStopped(event.at_sample / VAD_RATE))
-        if self.pending is not None and self.pending.audio_end >= event.at_sample:
-            self.pending.committed.set()  # speculation covered everything the user said
-        else:
-            self._drop_pending()
-            self._start_turn(event.audio, committed=True)
+        pending = self.pending
+        if pending is not None and not pending.committed.is_set() and pending.audio_end >= event.at_sample:
+            pending.committed.set()  # speculation covered everything the user said
+            return
+        audio = event.audio
+        if pending is not None and pending.committed.is_set():
+            audio = np.concatenate([pending.audio, audio])  # one thought in two breaths: answer both
+        self._drop_pending()
+        self._start_turn(audio, committed=True)
 
-    def _start_turn(self, audio: np.ndarray | None, committed: bool, text: str | None = None) -> None:
-        pending = PendingTurn(self.segmenter.position, self.last_voiced_at)
+    def _start_turn(self, audio: np.ndarray, committed: bool) -> None:
+        pending = PendingTurn(audio, self.segmenter.position, self.last_voiced_at)
         if committed:
             pending.committed.set()
-        pending.task = asyncio.create_task(self._turn(pending, audio, text))
+        pending.task = self._spawn(self._turn(pending))
         self.pending = pending
 
     def _drop_pending(self) -> None:
@@ -219,16 +262,14 @@ class Session:
             self.pending.task.cancel()
         self.pending = None
 
-    async def _turn(self, pending: PendingTurn, audio: np.ndarray | None, text: str | None) -> None:
+    async def _turn(self, pending: PendingTurn) -> None:
         response: Response | None = None
         try:
-            stt_done = 0.0
-            if text is None:
-                text = await self._transcribe(audio)
-                stt_done = time.monotonic() - pending.speech_end
+            text = await self._transcribe(pending.audio)
+            stt_done = time.monotonic() - pending.speech_end
             if not self._has_words(text):
                 await pending.committed.wait()
-                if self.current is not None:
+                if self.current is not None and not self.segmenter.speaking:
                     self.current.resumed.set()  # a cough or a slam: the reply goes on
                 return
             if self.current is not None and not self.current.resumed.is_set():
@@ -238,6 +279,8 @@ class Session:
             response.timings["stt_final"] = stt_done
             response.start()
             await pending.committed.wait()
+            if self.pending is pending:
+                self.pending = None  # released replies belong to the session, not the turn
             await self._release(response)
             response = None
         except asyncio.CancelledError:
@@ -246,6 +289,8 @@ class Session:
             raise
         except Exception as exc:
             log.exception("turn failed")
+            if self.current is not None and not self.segmenter.speaking:
+                self.current.resumed.set()
             await self.emit(events.Error(f"turn failed: {exc}"))
         finally:
             if self.pending is pending:
@@ -256,8 +301,8 @@ class Session:
         words = [w.strip(".,!?;:-'\"").lower() for w in text.split()]
         return sum(1 for w in words if w and w not in self.config.filler_words) >= self.config.min_words
 
-    async def _transcribe(self, audio: np.ndarray | None) -> str:
-        if audio is None or audio.size == 0:
+    async def _transcribe(self, audio: np.ndarray) -> str:
+        if audio.size == 0:
             return ""
         stt, language = self.backends.stt, self.config.language
         transcript = await workers.run_in(workers.SPEECH, lambda: stt.transcribe(audio, language))
@@ -282,23 +327,31 @@ class Session:
             await self._interrupt(self.current)
         self.current = response
         self.oldest_live_generation = response.generation
+        if self.segmenter.speaking:
+            self._pause(response)  # the user is talking again: do not talk over them
         await self.emit(events.TranscriptFinal("user", response.user_text, response.generation))
         await self.emit(events.StatusChanged("thinking", response.generation))
         await response.release()
-        self.player = asyncio.create_task(self._play(response))
+        self.player = self._spawn(self._play(response))
 
     # ---- barge-in ------------------------------------------------------------------------
 
-    def _maybe_check_barge_in(self) -> None:
+    def _pause(self, response: Response) -> None:
+        response.resumed.clear()
+        self.paused_at = self.barge_checked_at = self.segmenter.position
+
+    def _watch_barge_in(self) -> None:
         current = self.current
         if current is None or current.resumed.is_set() or self.barge_check is not None:
             return
-        if self.segmenter.position - self.barge_checked_at < self.config.barge_check_every_s * VAD_RATE:
+        position = self.segmenter.position
+        if position - self.paused_at > self.config.max_pause_s * VAD_RATE:
+            current.resumed.set()  # long speech with no words in it: not an interruption
             return
-        self.barge_checked_at = self.segmenter.position
-        self.barge_check = asyncio.create_task(
-            self._check_barge_in(current, self.segmenter.utterance_audio())
-        )
+        if position - self.barge_checked_at < self.config.barge_check_every_s * VAD_RATE:
+            return
+        self.barge_checked_at = position
+        self.barge_check = self._spawn(self._check_barge_in(current, self.segmenter.utterance_audio()))
 
     async def _check_barge_in(self, response: Response, audio: np.ndarray) -> None:
         try:
@@ -324,13 +377,13 @@ class Session:
     async def _play(self, response: Response) -> None:
         rate, playout, first = response.setup.output_rate, response.playout, True
         while (speech := await response.audio.get()) is not None:
-            rendered, start = speech.rendered, playout.sent_s
-            playout.add_text(start, start + rendered.duration, rendered.text)
+            start = playout.sent_s
+            playout.add_text(start, start + speech.duration, speech.text)
             if self.config.visemes:
-                marks = visemes_for(rendered.text, rendered.duration, start, rendered.audio)
+                marks = visemes_for(speech.text, speech.duration, start, speech.audio)
                 await self.emit(events.Visemes(marks, response.generation))
             reference_at = 0
-            for frame in frames(rendered.pcm, rate):
+            for frame in frames(speech.pcm, rate):
                 await response.resumed.wait()
                 if delay := playout.wait_before_next(time.monotonic()):
                     await asyncio.sleep(delay)
@@ -362,11 +415,8 @@ class Session:
             await self.emit(events.TranscriptFinal("assistant", text, response.generation, interrupted))
         for stage, seconds in response.timings.items():
             TURN_LATENCY.labels(stage).observe(max(seconds, 0.0))
-        log.info(
-            "turn %d latency %s",
-            response.generation,
-            json.dumps({k: round(v * 1000) for k, v in response.timings.items()}),
-        )
+        millis = {stage: round(seconds * 1000) for stage, seconds in response.timings.items()}
+        log.info("turn %d latency %s", response.generation, json.dumps(millis))
         await self.emit(events.TurnMetrics(response.generation, dict(response.timings)))
         await self.emit(events.ResponseDone(response.generation, text, interrupted))
 

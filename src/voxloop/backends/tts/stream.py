@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ class RenderedSpeech:
     sample_rate: int
     text: str
     audio: np.ndarray  # float32 at ``sample_rate``, for visemes and metering
+    reference: np.ndarray  # the same at ``reference_rate`` (the echo guard's), empty if none asked
 
     @property
     def duration(self) -> float:
@@ -26,14 +27,23 @@ class RenderedSpeech:
 
 
 async def speak(
-    speaker: Speaker, text: str, voice: Voice, language: str, speed: float, sample_rate: int
+    speaker: Speaker,
+    text: str,
+    voice: Voice,
+    language: str,
+    speed: float,
+    sample_rate: int,
+    reference_rate: int | None = None,
 ) -> AsyncIterator[RenderedSpeech]:
     """Runs synthesis on the speech workers; closing the iterator stops it after the current sentence."""
 
-    def render():
+    def render() -> Iterator[RenderedSpeech]:
         for chunk in speaker.synthesize(text, voice, language, speed):
             audio = resample(chunk.audio, chunk.sample_rate, sample_rate)
-            yield RenderedSpeech(float_to_pcm16(audio), sample_rate, chunk.text, audio)
+            reference = (
+                resample(chunk.audio, chunk.sample_rate, reference_rate) if reference_rate else audio[:0]
+            )
+            yield RenderedSpeech(float_to_pcm16(audio), sample_rate, chunk.text, audio, reference)
 
     async for rendered in workers.iterate_in(workers.SPEECH, render, buffer=2):
         yield rendered

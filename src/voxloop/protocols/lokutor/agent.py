@@ -20,8 +20,8 @@ from voxloop.audio.pcm import AudioFormatError
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session, SessionConfig
-from voxloop.engine.tools import parse_client_tools
-from voxloop.protocols.lokutor.common import check_sample_rate
+from voxloop.engine.tools import builtin_tools, parse_client_tools
+from voxloop.protocols.lokutor.common import check_sample_rate, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ class LokutorAgent:
 
     async def handle_text(self, raw: str) -> None:
         try:
-            message = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            await self.error(f"invalid JSON: {exc.msg}")
+            message = parse_json(raw)
+        except ValueError as exc:
+            await self.error(f"invalid message: {exc}")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await self.error("messages must be JSON objects with a string 'type'")
@@ -90,6 +90,25 @@ class LokutorAgent:
         else:
             raise ValueError(f"unknown message type {kind!r}")
 
+    async def receive(self) -> None:
+        """Client messages until it disconnects."""
+        websocket, session = self.websocket, self.session
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if (data := message.get("bytes")) is not None:
+                    if len(data) > MAX_AUDIO_FRAME:
+                        await self.error(f"audio frame too large ({len(data)} bytes)")
+                        continue
+                    try:
+                        await session.push_audio(data)
+                    except AudioFormatError as exc:
+                        await self.error(str(exc))
+                elif (text := message.get("text")) is not None:
+                    await self.handle_text(text)
+
     async def forward_events(self) -> None:
         while True:
             event = await self.session.next_event()
@@ -105,9 +124,17 @@ class LokutorAgent:
                     )
                 case events.Visemes(visemes=marks, generation=generation):
                     await self.send_json({"type": "visemes", "data": marks, "generation": generation})
-                case events.ToolCallRequested(call_id=call_id, name=name, arguments=arguments):
+                case events.ToolCallRequested(
+                    call_id=call_id, name=name, arguments=arguments, generation=gen
+                ):
                     await self.send_json(
-                        {"type": "tool_call", "call_id": call_id, "name": name, "arguments": arguments}
+                        {
+                            "type": "tool_call",
+                            "call_id": call_id,
+                            "name": name,
+                            "arguments": arguments,
+                            "generation": gen,
+                        }
                     )
                 case events.TurnMetrics(generation=generation, values=values) if self.want_metrics:
                     millis = {stage: round(seconds * 1000, 1) for stage, seconds in values.items()}
@@ -132,32 +159,24 @@ def _flag(value: object, field: str) -> bool:
 
 async def serve_agent(websocket: WebSocket, backends: Backends) -> None:
     settings = backends.settings
-    session = Session(
-        backends, SessionConfig(voice=settings.default_voice, language=settings.default_language)
-    )
+    config = SessionConfig(voice=settings.default_voice, language=settings.default_language)
+    session = Session(backends, config, builtin_tools.subset(settings.server_tools))
     agent = LokutorAgent(websocket, session)
-    sender = asyncio.create_task(agent.forward_events())
+    # Whichever ends first ends the session: the client leaving, the client no longer reading
+    # (a stalled socket must not hold the models), or the event stream failing.
+    tasks = [
+        asyncio.create_task(agent.receive()),
+        asyncio.create_task(agent.forward_events()),
+        asyncio.create_task(session.stalled.wait()),
+    ]
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if (data := message.get("bytes")) is not None:
-                if len(data) > MAX_AUDIO_FRAME:
-                    await agent.error(f"audio frame too large ({len(data)} bytes)")
-                    continue
-                try:
-                    await session.push_audio(data)
-                except AudioFormatError as exc:
-                    await agent.error(str(exc))
-            elif (text := message.get("text")) is not None:
-                await agent.handle_text(text)
-            if sender.done():  # the client went away while we were sending
-                return
-    except WebSocketDisconnect:
-        return
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await session.close()
+        if session.stalled.is_set():
+            with contextlib.suppress(Exception):
+                await websocket.close(code=1008, reason="client stopped reading")

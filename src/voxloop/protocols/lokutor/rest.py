@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from typing import Any
 
@@ -14,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from voxloop.audio.pcm import AudioFormatError, pcm16_to_float, read_wav, resample
 from voxloop.backends import workers
-from voxloop.protocols.lokutor.common import check_keyterms, check_sample_rate, check_stt_language
+from voxloop.protocols.lokutor.common import check_keyterms, check_sample_rate, check_stt_language, parse_json
 from voxloop.server.errors import ApiError, read_body
 from voxloop.server.metrics import STT_LATENCY
 
@@ -56,7 +55,7 @@ def decode_audio(body: dict[str, Any]) -> tuple[np.ndarray, int]:
 async def transcribe(request: Request) -> JSONResponse:
     raw = await read_body(request, MAX_BODY_BYTES)
     try:
-        body = json.loads(raw)
+        body = parse_json(raw.decode("utf-8", errors="replace"))
     except ValueError as exc:
         raise ApiError(400, "invalid_json", "request body must be JSON") from exc
     if not isinstance(body, dict):

@@ -21,7 +21,7 @@ from voxloop.audio.pcm import AudioFormatError, StreamResampler, pcm16_to_float
 from voxloop.backends import workers
 from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SpeechEnded, UtteranceSegmenter
-from voxloop.protocols.lokutor.common import StreamOptions, parse_stream_options
+from voxloop.protocols.lokutor.common import StreamOptions, parse_json, parse_stream_options
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +53,24 @@ class SttSession:
         )
         return transcript.text
 
-    def accept_audio(self, data: bytes) -> None:
+    async def accept_audio(self, data: bytes) -> None:
         samples = self.resampler.process(pcm16_to_float(data))
         for event in self.segmenter.push(samples):
             if isinstance(event, SpeechEnded):
-                self.end_utterance(event.audio)
+                await self.end_utterance(event.audio)
         if self.segmenter.speaking and self.partial_task is None:
             position = self.segmenter.position
             if position - self.partial_at >= PARTIAL_EVERY_S * self.segmenter.sample_rate:
                 self.partial_at = position
                 self.partial_task = asyncio.create_task(self.partial(self.utterance))
 
-    def end_utterance(self, audio: np.ndarray) -> None:
+    async def end_utterance(self, audio: np.ndarray) -> None:
         self.utterance += 1
         self.partial_at = self.segmenter.position
         try:
             self.finals.put_nowait(audio)
         except asyncio.QueueFull:
-            log.warning("stt session falling behind: dropping an utterance")
+            await self.send({"type": "error", "data": "too many utterances waiting: one was dropped"})
 
     async def partial(self, utterance: int) -> None:
         try:
@@ -119,14 +119,14 @@ async def serve_stt(websocket: WebSocket, backends: Backends) -> None:
                     await error(f"audio frame too large ({len(data)} bytes, at most {MAX_FRAME_BYTES})")
                     continue
                 try:
-                    session.accept_audio(data)
+                    await session.accept_audio(data)
                 except AudioFormatError as exc:
                     await error(str(exc))
                 continue
             command = _command_of(text)
             if command == "end":
-                session.end_utterance(session.segmenter.utterance_audio())
-                session.segmenter.reset()
+                ended = session.segmenter.finish()
+                await session.end_utterance(ended.audio if ended else np.zeros(0, dtype=np.float32))
             else:
                 await error(command)
     except WebSocketDisconnect:
@@ -144,8 +144,8 @@ async def serve_stt(websocket: WebSocket, backends: Backends) -> None:
 def _command_of(text: str | None) -> str:
     """'end' for an end-of-utterance request, otherwise an error message."""
     try:
-        payload = json.loads(text or "")
-    except json.JSONDecodeError:
+        payload = parse_json(text or "")
+    except ValueError:
         return "expected binary PCM16 audio or a JSON control message"
     if isinstance(payload, dict) and payload.get("type") == "end":
         return "end"

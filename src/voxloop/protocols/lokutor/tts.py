@@ -12,12 +12,13 @@ import logging
 import time
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voxloop.backends.registry import Backends
 from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import frames, speak
 from voxloop.backends.tts.visemes import visemes_for
+from voxloop.protocols.lokutor.common import parse_json
 from voxloop.server.metrics import TTS_FIRST_AUDIO
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ def describe(error: ValidationError) -> str:
 
 def parse_request(raw: str, max_chars: int) -> TtsRequest:
     try:
-        payload = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"request is not valid JSON ({exc.msg})") from exc
+        payload = parse_json(raw)
+    except ValueError as exc:
+        raise ValueError(f"request is {exc}") from exc
     if not isinstance(payload, dict):
         raise ValueError("request must be a JSON object with a 'text' field")
     try:
@@ -81,11 +82,11 @@ async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
                 continue
             try:
                 await synthesize_to(websocket, backends, request, voice, language)
-            except (WebSocketDisconnect, RuntimeError) as exc:
-                if isinstance(exc, WebSocketDisconnect) or websocket.client_state.name != "CONNECTED":
-                    return
-                raise
+            except WebSocketDisconnect:
+                return
             except Exception as exc:  # a model failure must not take the connection down
+                if websocket.client_state != WebSocketState.CONNECTED:
+                    return  # the client left mid-stream (Starlette raises RuntimeError on send)
                 log.exception("synthesis failed")
                 await websocket.send_text(f"ERR: synthesis failed: {exc}")
     except WebSocketDisconnect:
