@@ -201,3 +201,20 @@ def test_agent_bad_input_gets_error_and_session_survives(
         assert error["type"] == "error" and expected in error["data"], error
         ws.send(json.dumps({"type": "prompt", "data": "Still alive?"}))
         assert json.loads(ws.recv(timeout=10)) == {"type": "status", "data": "prompt_set"}
+
+
+def test_client_that_sends_no_silence_still_gets_an_answer(server: RunningServer) -> None:
+    """Lokutor's docs advise clients not to stream silence: the turn must end anyway."""
+    with connect(f"{server.ws}/ws/agent?api_key={server.api_key}") as ws:
+        ws.send(json.dumps({"type": "rates", "playback": RATE, "input": RATE}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "server_rates"
+        pcm = float_to_pcm16(espeak_16k("What is the capital of Spain?"))
+        for start in range(0, len(pcm), 3200):  # 100 ms frames, faster than real time
+            ws.send(pcm[start : start + 3200])
+        received: list[dict] = []
+        while not any(m.get("role") == "assistant" for m in received):
+            message = ws.recv(timeout=30)
+            if isinstance(message, str):
+                received.append(json.loads(message))
+        user = next(m for m in received if m.get("role") == "user")
+        assert "spain" in user["data"].lower()
