@@ -47,10 +47,26 @@ def load_16k(path: Path) -> np.ndarray:
     return resample(audio, rate, 16000)
 
 
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
+sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _number_words(token: str) -> list[str]:
+    """'10' -> ['ten'], '42' -> ['forty', 'two']: Whisper writes digits where people said words."""
+    value = int(token)
+    if value < 20:
+        return [_ONES[value]]
+    if value < 100:
+        return [_TENS[value // 10]] + ([_ONES[value % 10]] if value % 10 else [])
+    return [token]
+
+
 def normalize_words(text: str) -> list[str]:
-    """Lowercase words without punctuation; hyphens split words; numbers stay as written."""
+    """Lowercase words without punctuation; hyphens split words; numbers below 100 as words."""
     text = re.sub(r"['’]", "", text.lower())
-    return re.sub(r"[^\w\s]|_", " ", text).split()
+    words = re.sub(r"[^\w\s]|_", " ", text).split()
+    return [spoken for word in words for spoken in (_number_words(word) if word.isdigit() else [word])]
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
