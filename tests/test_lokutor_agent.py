@@ -218,3 +218,20 @@ def test_client_that_sends_no_silence_still_gets_an_answer(server: RunningServer
                 received.append(json.loads(message))
         user = next(m for m in received if m.get("role") == "user")
         assert "spain" in user["data"].lower()
+
+
+def test_live_extension_streams_partials_and_reply_text(server: RunningServer) -> None:
+    client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}")
+    try:
+        client.configure(PROMPT, live=True)
+        ended = client.say(
+            espeak_16k("Could you please tell me which planet is the largest in our solar system?")
+        )
+        client.wait_status("listening", since=ended, timeout=90)
+        kinds = [m["type"] for m in client.events()]
+        assert "partial_transcript" in kinds
+        assert kinds.index("partial_transcript") < kinds.index("transcript")  # partials come first
+        deltas = "".join(m["data"] for m in client.events("text_delta"))
+        assert deltas.strip() and deltas.split()[0] in client.wait_transcript("assistant", since=0)["data"]
+    finally:
+        client.close()

@@ -31,6 +31,13 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True)
+class TranscriptPartial:
+    """What the user has said so far in the utterance under way (only with ``partials`` on)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class TranscriptFinal:
     role: Literal["user", "assistant"]
     text: str
@@ -94,6 +101,7 @@ Event = (
     StatusChanged
     | SpeechStarted
     | SpeechStopped
+    | TranscriptPartial
     | TranscriptFinal
     | TextDelta
     | AudioOut

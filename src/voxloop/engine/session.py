@@ -68,6 +68,8 @@ class SessionConfig:
     speculate_after_s: float = 0.16  # silence after which a reply is prepared speculatively
     barge_check_every_s: float = 0.3  # how often paused-for-barge-in speech is transcribed
     max_pause_s: float = 2.0  # speech without words this long (noise, music) lets the reply go on
+    partials: bool = False  # transcribe the utterance under way now and then (costs STT time)
+    partial_every_s: float = 0.7
     min_words: int = 1  # words (fillers aside) an utterance needs to interrupt or start a turn
     filler_words: frozenset[str] = FILLERS
 
@@ -104,6 +106,8 @@ class Session:
         self.player: asyncio.Task[None] | None = None
         self.pending: PendingTurn | None = None
         self.barge_check: asyncio.Task[None] | None = None
+        self.partial: asyncio.Task[None] | None = None
+        self.partial_at = 0  # segmenter position of the last partial transcript
         self.barge_checked_at = 0
         self.paused_at = 0  # segmenter position where the current reply was paused
         self.last_voiced_at = time.monotonic()
@@ -172,6 +176,7 @@ class Session:
         elif silence >= self.config.speculate_after_s and self.pending is None:
             self._start_turn(self.segmenter.utterance_audio(), committed=False)
         self._watch_barge_in()
+        self._maybe_partial()
 
     async def submit_tool_result(self, call_id: str, result: str) -> None:
         waiter = self.tool_waiters.pop(call_id, None)
@@ -207,7 +212,7 @@ class Session:
         self._drop_pending()
         if self.current is not None:
             await self.current.cancel()
-        for task in (self.player, self.barge_check, self.idle_watch):
+        for task in (self.player, self.barge_check, self.partial, self.idle_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -295,6 +300,23 @@ class Session:
         finally:
             if self.pending is pending:
                 self.pending = None
+
+    def _maybe_partial(self) -> None:
+        if not self.config.partials or self.partial is not None or self.pending is not None:
+            return  # a turn under way transcribes the same audio anyway
+        position = self.segmenter.position
+        if position - self.partial_at < self.config.partial_every_s * VAD_RATE:
+            return
+        self.partial_at = position
+        self.partial = self._spawn(self._send_partial(self.segmenter.utterance_audio()))
+
+    async def _send_partial(self, audio: np.ndarray) -> None:
+        try:
+            text = (await self._transcribe(audio)).strip()
+            if text and self.segmenter.speaking:
+                await self.emit(events.TranscriptPartial(text))
+        finally:
+            self.partial = None
 
     def _has_words(self, text: str) -> bool:
         """Words that mean something: a cough transcribes as nothing, a backchannel as fillers."""

@@ -7,9 +7,11 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voxloop import __version__
@@ -21,12 +23,12 @@ from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.server.auth import KeyCheck
-from voxloop.server.errors import error_response, install_error_handlers
+from voxloop.server.errors import install_error_handlers
 from voxloop.server.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = {"/healthz", "/metrics", "/docs", "/openapi.json"}
+STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[WebSocket, Backends], Awaitable[None]]
 
@@ -56,14 +58,8 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             log.exception("loading the models failed")
 
     app = FastAPI(title="voxloop", version=__version__, lifespan=lifespan)
+    app.state.keys = keys
     install_error_handlers(app)
-
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if request.url.path not in PUBLIC_PATHS and not keys.allows(request):
-            ERRORS.labels(request.url.path, "unauthorized").inc()
-            return error_response(401, "unauthorized", "missing or invalid API key (X-API-Key or api_key)")
-        return await call_next(request)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
@@ -103,4 +99,5 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
     websocket_route("/ws/stt", serve_stt, json_error)
     websocket_route("/ws/agent", serve_agent, json_error)
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app

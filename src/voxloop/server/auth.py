@@ -6,7 +6,10 @@ from __future__ import annotations
 import hmac
 import logging
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
+
+from voxloop.server.errors import ApiError
+from voxloop.server.metrics import ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +36,10 @@ class KeyCheck:
         key = (self.key_of(connection) or "").encode()
         # Compare against every key, so timing does not reveal which prefix matched.
         return any([hmac.compare_digest(key, accepted) for accepted in self._keys])
+
+
+def require_key(request: Request) -> None:
+    """FastAPI dependency for HTTP API routes: the page, health and metrics stay public."""
+    if not request.app.state.keys.allows(request):
+        ERRORS.labels(request.url.path, "unauthorized").inc()
+        raise ApiError(401, "unauthorized", "missing or invalid API key (X-API-Key or api_key)")

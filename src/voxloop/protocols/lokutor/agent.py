@@ -3,7 +3,8 @@
 In: binary S16LE microphone audio (44.1 kHz unless a ``rates`` message says otherwise) and JSON
 ``{"type": prompt|voice|language|tools|visemes|rates|max_context_messages|metrics|tool_result}``.
 Out: ``status`` / ``transcript`` / ``visemes`` / ``tool_call`` / ``metrics`` / ``error`` JSON and
-binary reply audio at the playback rate.
+binary reply audio at the playback rate. voxloop extensions, sent only to clients that opt in:
+``metrics`` (per-turn latency) and ``live`` (``partial_transcript`` and ``text_delta``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class LokutorAgent:
     def __init__(self, websocket: WebSocket, session: Session) -> None:
         self.websocket, self.session = websocket, session
         self.want_metrics = False
+        self.live = False  # voxloop extension: partial transcripts and streamed reply text
         self.sending = asyncio.Lock()  # replies and event forwarding share one socket
 
     async def send_json(self, message: dict[str, Any]) -> None:
@@ -67,6 +69,9 @@ class LokutorAgent:
             session.configure(client_tools=parse_client_tools(data))
         elif kind == "visemes":
             session.configure(visemes=_flag(data, "visemes"))
+        elif kind == "live":
+            self.live = _flag(data, "live")
+            session.configure(partials=self.live)
         elif kind == "metrics":
             self.want_metrics = _flag(data if data is not None else True, "metrics")
         elif kind == "max_context_messages":
@@ -136,6 +141,10 @@ class LokutorAgent:
                             "generation": gen,
                         }
                     )
+                case events.TranscriptPartial(text=text) if self.live:
+                    await self.send_json({"type": "partial_transcript", "data": text})
+                case events.TextDelta(text=text, generation=generation) if self.live:
+                    await self.send_json({"type": "text_delta", "data": text, "generation": generation})
                 case events.TurnMetrics(generation=generation, values=values) if self.want_metrics:
                     millis = {stage: round(seconds * 1000, 1) for stage, seconds in values.items()}
                     await self.send_json({"type": "metrics", "data": millis, "generation": generation})

@@ -8,16 +8,17 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from voxloop.audio.pcm import AudioFormatError, pcm16_to_float, read_wav, resample
 from voxloop.backends import workers
 from voxloop.protocols.lokutor.common import check_keyterms, check_sample_rate, check_stt_language, parse_json
+from voxloop.server.auth import require_key
 from voxloop.server.errors import ApiError, read_body
 from voxloop.server.metrics import STT_LATENCY
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_key)])
 
 MAX_AUDIO_SECONDS = 600
 MAX_BODY_BYTES = 40 << 20  # base64 of 10 minutes of 16-bit 16 kHz audio is ~26 MB
