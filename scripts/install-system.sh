@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages voxloop needs: espeak-ng (phonemes for Piper and the es/fr/pt/ko voices);
-# for the tests also human speech recordings (pocketsphinx-testdata) and sox.
+# for the tests also human speech recordings (pocketsphinx-testdata), sox and a real browser.
 set -euo pipefail
 packages=(espeak-ng libespeak-ng1)
-[[ "${1:-}" == "--test" ]] && packages+=(pocketsphinx-testdata alsa-utils sox)
+[[ "${1:-}" == "--test" ]] && packages+=(pocketsphinx-testdata alsa-utils sox chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -168,9 +168,11 @@ def test_client_tool_call_round_trip(server: RunningServer, agent: AgentClient) 
     ended = agent.say(espeak_16k("What is the status of order number four two seven?"))
     call = agent.wait_for(lambda m: m.get("type") == "tool_call", since=ended, timeout=90)
     assert call["name"] == "get_order_status" and call["call_id"]
-    agent.ws.send(
-        json.dumps({"type": "tool_result", "call_id": call["call_id"], "result": "shipped on Monday"})
-    )
+    called = time.monotonic()
+    time.sleep(2.0)  # a slow tool: the agent must not leave dead air meanwhile
+    assert agent.audio_between(called).size > 0, "no filler while the tool ran"
+    result = {"type": "tool_result", "call_id": call["call_id"], "result": "shipped on Monday"}
+    agent.ws.send(json.dumps(result))
     reply = agent.wait_transcript("assistant", since=ended)
     assert "monday" in reply["data"].lower() or "shipped" in reply["data"].lower(), reply
 

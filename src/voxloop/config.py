@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     default_language: str = "en"
     max_tts_chars: int = Field(5000, description="Longest text one TTS request may carry.")
 
+    # --- turn-taking (voice agent) ---
+    turn_hangover_ms: int = Field(480, description="Silence that ends the user's turn.")
+    turn_min_speech_ms: int = Field(96, description="Voiced time before speech counts as started.")
+    turn_pre_roll_ms: int = Field(320, description="Audio kept from before the detected speech start.")
+
     # --- language model ---
     llm_backend: Literal["llama", "openai"] = "llama"
     llm_model: str = Field("qwen2.5-0.5b", description="'qwen2.5-0.5b', 'qwen2.5-1.5b' or a .gguf")

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voxloop.audio.pcm import AudioFormatError
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
+from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session, SessionConfig
 from voxloop.engine.tools import builtin_tools, parse_client_tools
 from voxloop.protocols.lokutor.common import check_sample_rate, parse_json
@@ -168,7 +169,12 @@ def _flag(value: object, field: str) -> bool:
 
 async def serve_agent(websocket: WebSocket, backends: Backends) -> None:
     settings = backends.settings
-    config = SessionConfig(voice=settings.default_voice, language=settings.default_language)
+    turn = SegmenterConfig(
+        hangover_ms=settings.turn_hangover_ms,
+        min_speech_ms=settings.turn_min_speech_ms,
+        pre_roll_ms=settings.turn_pre_roll_ms,
+    )
+    config = SessionConfig(voice=settings.default_voice, language=settings.default_language, turn=turn)
     session = Session(backends, config, builtin_tools.subset(settings.server_tools))
     agent = LokutorAgent(websocket, session)
     # Whichever ends first ends the session: the client leaving, the client no longer reading
