@@ -65,7 +65,7 @@ class SessionConfig:
     max_context_messages: int = 20
     client_tools: list[ToolSpec] = field(default_factory=list)
     turn: SegmenterConfig = field(default_factory=SegmenterConfig)
-    speculate_after_s: float = 0.16  # silence after which a reply is prepared speculatively
+    speculate_after_s: float = 0.1  # silence after which a reply is prepared speculatively
     barge_check_every_s: float = 0.3  # how often paused-for-barge-in speech is transcribed
     max_pause_s: float = 2.0  # speech without words this long (noise, music) lets the reply go on
     partials: bool = False  # transcribe the utterance under way now and then (costs STT time)
