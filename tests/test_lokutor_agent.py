@@ -4,6 +4,7 @@ spoken questions and spoken answers, history, barge-in, echo, noise, tools and b
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -237,3 +238,28 @@ def test_live_extension_streams_partials_and_reply_text(server: RunningServer) -
         assert deltas.strip() and deltas.split()[0] in client.wait_transcript("assistant", since=0)["data"]
     finally:
         client.close()
+
+
+def test_two_sessions_at_once_keep_to_themselves(server: RunningServer) -> None:
+    clients = [AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}", speed=2.0) for _ in range(2)]
+    try:
+        for client in clients:
+            client.configure(PROMPT)
+        questions = {"What is the capital of Japan?": "tokyo", "What is the capital of Italy?": "rome"}
+        threads = [
+            threading.Thread(target=client.say, args=(espeak_16k(question),))
+            for client, question in zip(clients, questions, strict=True)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for client, (question, answer) in zip(clients, questions.items(), strict=True):
+            user = client.wait_transcript("user", since=started, timeout=90)
+            reply = client.wait_transcript("assistant", since=started, timeout=90)
+            assert question.split()[-1].rstrip("?").lower() in user["data"].lower(), user
+            assert answer in reply["data"].lower(), reply
+    finally:
+        for client in clients:
+            client.close()
