@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.speech import espeak_16k
-from voxloop.backends.llm.base import ChatMessage
+from voxloop.backends.llm.base import ChatMessage, ToolCall
 from voxloop.backends.vad.silero import SileroVad
 from voxloop.engine.chunker import SpeechChunker
 from voxloop.engine.echo import EchoGuard
@@ -115,17 +115,23 @@ def test_echo_guard_removes_delayed_reply_but_keeps_the_user() -> None:
 def test_history_is_bounded_drops_in_halves_and_never_starts_with_a_tool_result() -> None:
     history = History("Be brief.", max_messages=4)
     for i in range(3):
-        history.add(ChatMessage("user", f"q{i}"))
-        history.add(ChatMessage("assistant", f"a{i}"))
+        history.extend([ChatMessage("user", f"q{i}"), ChatMessage("assistant", f"a{i}")])
     messages = history.for_llm("en")
     assert messages[0].role == "system" and "Be brief." in messages[0].content
     assert [m.content for m in messages[1:]] == ["q2", "a2"]  # 6 > 4: the oldest dropped down to 2
     prefix = [m.content for m in history.for_llm("en")]
-    history.add(ChatMessage("user", "q3"))
+    history.extend([ChatMessage("user", "q3"), ChatMessage("assistant", "a3")])
     assert [m.content for m in history.for_llm("en")][: len(prefix)] == prefix  # stable prefix: cache hit
-    history.add(ChatMessage("assistant", "", tool_calls=[]))
-    history.add(ChatMessage("tool", "{}", tool_call_id="c1"))
-    assert all(m.role == "user" for m in history.messages[:1])  # starts on a user turn, if any
+    call = ToolCall("c1", "lookup", {})
+    history.extend(
+        [
+            ChatMessage("user", "q4"),
+            ChatMessage("assistant", "", tool_calls=[call]),
+            ChatMessage("tool", "{}", tool_call_id="c1"),
+            ChatMessage("assistant", "a4"),
+        ]
+    )
+    assert history.messages[0].role == "user"  # a turn is trimmed whole, never to an orphan result
     assert history.for_llm("en", [ChatMessage("user", "x")])[-1].content == "x"
     assert "'es'" in history.for_llm("es")[0].content
 

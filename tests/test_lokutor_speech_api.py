@@ -285,3 +285,8 @@ def test_metrics_exposes_latency(server: RunningServer) -> None:
     synthesize(server, {"text": "Metrics please."})
     body = httpx.get(f"{server.http}/metrics").text
     assert "voxloop_tts_first_audio_seconds_count" in body
+
+
+def test_api_keys_stay_out_of_the_log(server: RunningServer) -> None:
+    synthesize(server, {"text": "Quiet please."})  # connects with ?api_key= in the URL
+    assert "api_key=***" in server.log() and f"api_key={server.api_key}" not in server.log()

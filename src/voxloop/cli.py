@@ -18,8 +18,10 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from voxloop.server.app import create_app
+    from voxloop.server.redact import redact_uvicorn_logs
 
     settings = Settings()
+    redact_uvicorn_logs()
     host = args.host or settings.host
     port = args.port or settings.port
     uvicorn.run(

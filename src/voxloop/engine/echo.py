@@ -51,6 +51,15 @@ class EchoGuard:
         self._ref[index] = samples
         self._ref_until = max(self._ref_until, at_position + len(samples))
 
+    def skip(self, samples: int) -> None:
+        """The client sent nothing for a while (it suppresses silence): its clock moved on anyway."""
+        if samples >= HISTORY:
+            self._ref[:] = 0.0
+        elif samples > 0:
+            self._ref[(self._position - MAX_DELAY - WINDOW + np.arange(samples)) % HISTORY] = 0.0
+        self._mic[(self._position + np.arange(min(max(samples, 0), HISTORY))) % HISTORY] = 0.0
+        self._position += max(samples, 0)
+
     def active(self) -> bool:
         """Whether bot audio may still be coming back through the microphone."""
         return self._ref_until > 0 and self._position < self._ref_until + MAX_DELAY

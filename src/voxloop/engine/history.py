@@ -21,12 +21,16 @@ class History:
         self.max_messages = max_messages
         self.messages: list[ChatMessage] = []
 
-    def add(self, message: ChatMessage) -> None:
-        self.messages.append(message)
-        if len(self.messages) > self.max_messages:
-            del self.messages[: len(self.messages) - max(1, self.max_messages // 2)]
-            while self.messages and self.messages[0].role != "user":  # start on a user turn, never
-                del self.messages[0]  # on an assistant reply or an orphan tool result
+    def extend(self, messages: list[ChatMessage]) -> None:
+        """Adds a whole turn, then trims: trimming inside a turn could orphan its tool results."""
+        self.messages.extend(messages)
+        if len(self.messages) <= self.max_messages:
+            return
+        # Cut at a turn start (a user message), keeping about half, and always the latest turn whole.
+        starts = [i for i, message in enumerate(self.messages) if message.role == "user"] or [0]
+        keep = max(1, self.max_messages // 2)
+        cut = next((i for i in starts if len(self.messages) - i <= keep), starts[-1])
+        del self.messages[:cut]
 
     def system(self, language: str) -> ChatMessage:
         reply_in = "" if language == "en" else f" Always answer in the language with code '{language}'."

@@ -151,13 +151,17 @@ class Session:
 
     async def _fill_silence(self) -> None:
         """Clients may stop sending audio between utterances (Lokutor's docs advise it): their
-        silence is fed in as silence, so turns still end."""
+        silence counts as silence, so turns still end and the echo guard's clock keeps time."""
         while True:
             await asyncio.sleep(IDLE_TICK_S)
             gap = time.monotonic() - self.last_audio_at
-            if gap >= IDLE_GAP_S and self.segmenter.speaking:
-                self.last_audio_at += gap
-                await self._consume(np.zeros(int(gap * VAD_RATE), dtype=np.float32))
+            if gap < IDLE_GAP_S:
+                continue
+            self.last_audio_at += gap
+            samples = int(gap * VAD_RATE)
+            self.echo.skip(samples)
+            if self.segmenter.speaking:
+                await self._consume(np.zeros(samples, dtype=np.float32))
 
     async def _consume(self, samples: np.ndarray) -> None:
         now = time.monotonic()
@@ -347,6 +351,9 @@ class Session:
     async def _release(self, response: Response) -> None:
         if self.current is not None:
             await self._interrupt(self.current)
+        if self.closed:  # closed while we waited: nothing may keep this reply running
+            await response.cancel()
+            return
         self.current = response
         self.oldest_live_generation = response.generation
         if self.segmenter.speaking:
@@ -430,8 +437,7 @@ class Session:
 
     async def _finish(self, response: Response, interrupted: bool) -> None:
         heard = response.playout.heard_text() if interrupted else None
-        for message in response.history_messages(heard):
-            self.history.add(message)
+        self.history.extend(response.history_messages(heard))
         text = heard if heard is not None else response.text.strip()
         if text:
             await self.emit(events.TranscriptFinal("assistant", text, response.generation, interrupted))

@@ -7,6 +7,7 @@ the connection stays open for the next request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from voxloop.server.metrics import TTS_FIRST_AUDIO
 log = logging.getLogger(__name__)
 
 OUTPUT_RATE = 44100
+CLIENT_STALL_S = 10.0
 
 
 class TtsRequest(BaseModel):
@@ -99,14 +101,24 @@ async def synthesize_to(
     started = time.perf_counter()
     offset = 0.0
     first = True
+
+    async def send(message: str | bytes) -> None:
+        # A client that stops reading would otherwise hold a shared speech worker indefinitely.
+        payload = {"text": message} if isinstance(message, str) else {"bytes": message}
+        try:
+            await asyncio.wait_for(websocket.send({"type": "websocket.send", **payload}), CLIENT_STALL_S)
+        except TimeoutError as exc:
+            await websocket.close(code=1008, reason="client stopped reading")
+            raise WebSocketDisconnect(1008) from exc
+
     async for speech in speak(backends.speaker, request.text, voice, language, request.speed, OUTPUT_RATE):
         if request.visemes:
             marks = visemes_for(speech.text, speech.duration, offset, speech.audio)
-            await websocket.send_text(json.dumps(marks))
+            await send(json.dumps(marks))
         for frame in frames(speech.pcm, OUTPUT_RATE):
-            await websocket.send_bytes(frame)
+            await send(frame)
             if first:
                 TTS_FIRST_AUDIO.observe(time.perf_counter() - started)
                 first = False
         offset += speech.duration
-    await websocket.send_text("EOS")
+    await send("EOS")
