@@ -22,6 +22,7 @@ from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import RenderedSpeech, speak
 from voxloop.engine import events
 from voxloop.engine.chunker import SpeechChunker
+from voxloop.engine.echo import RATE as ECHO_RATE
 from voxloop.engine.history import History
 from voxloop.engine.playout import Playout
 from voxloop.engine.tools import ToolRegistry
@@ -32,7 +33,6 @@ MAX_TOOL_ROUNDS = 4
 FILLER_AFTER_S = 1.0  # a tool running longer than this gets a spoken filler: no dead air
 FILLER = "One moment, please."
 CLIENT_TOOL_TIMEOUT_S = 30.0
-REFERENCE_RATE = 16000
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Response:
                     setup.language,
                     setup.speed,
                     setup.output_rate,
-                    reference_rate=REFERENCE_RATE,
+                    reference_rate=ECHO_RATE,
                 )
                 async for rendered in speech:
                     self.mark("tts_first_audio")

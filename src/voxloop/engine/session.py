@@ -33,6 +33,7 @@ from voxloop.backends.tts.stream import frames
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.backends.tts.voices import UnknownLanguage
 from voxloop.engine import events
+from voxloop.engine.echo import RATE as VAD_RATE  # one 16 kHz clock: VAD, echo guard, STT
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
 from voxloop.engine.response import CLIENT_TOOL_TIMEOUT_S, Response, TurnSetup
@@ -42,7 +43,6 @@ from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
 
 log = logging.getLogger(__name__)
 
-VAD_RATE = 16000
 OUTBOX_SIZE = 512  # events waiting for a slow client
 CLIENT_STALL_S = 10.0  # a client that reads nothing for this long is dropped
 AUDIO_SLICE = 2048  # input is processed in slices, so a huge frame cannot wrap the echo rings
