@@ -3,6 +3,7 @@ spoken questions and spoken answers, history, barge-in, echo, noise, tools and b
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -263,3 +264,29 @@ def test_two_sessions_at_once_keep_to_themselves(server: RunningServer) -> None:
     finally:
         for client in clients:
             client.close()
+
+
+def test_spanish_conversation_switches_stt_llm_and_voice(server: RunningServer) -> None:
+    client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}", speed=2.0)
+    try:
+        client.configure("Eres un asistente útil. Responde en una frase corta.", voice="F1", language="es")
+        ended = client.say(
+            np.concatenate([espeak_16k("¿Cuál es la capital de Francia?", "es"), np.zeros(1600)])
+        )
+        client.wait_status("listening", since=ended, timeout=90)
+        assert "francia" in client.wait_transcript("user", since=ended)["data"].lower()
+        response = httpx.post(
+            f"{server.http}/stt/transcribe",
+            headers={"X-API-Key": server.api_key},
+            json={
+                "audio": base64.b64encode(float_to_pcm16(client.audio_between(ended))).decode(),
+                "format": "pcm16",
+                "sample_rate": RATE,
+                "language": "es",
+            },
+            timeout=60,
+        )
+        spoken = response.json()["text"].lower()
+        assert "francia" in spoken or "parís" in spoken or "paris" in spoken, spoken
+    finally:
+        client.close()
