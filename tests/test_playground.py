@@ -39,31 +39,39 @@ def question_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def launch(p: playwright.Playwright, microphone: Path) -> playwright.Browser:
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--use-fake-ui-for-media-stream",  # grants the microphone without a prompt
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={microphone}",
+            "--autoplay-policy=no-user-gesture-required",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+        ],
+    )
+
+
 @pytest.fixture(scope="module")
-def browser(question_wav: Path) -> Iterator[playwright.Browser]:
+def driver() -> Iterator[playwright.Playwright]:
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--use-fake-ui-for-media-stream",  # grants the microphone without a prompt
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={question_wav}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-            ],
-        )
-        yield browser
-        browser.close()
+        yield p
 
 
-@pytest.fixture
-def page(browser: playwright.Browser, server: RunningServer) -> Iterator[playwright.Page]:
+@pytest.fixture(scope="module")
+def browser(driver: playwright.Playwright, question_wav: Path) -> Iterator[playwright.Browser]:
+    browser = launch(driver, question_wav)
+    yield browser
+    browser.close()
+
+
+def open_page(browser: playwright.Browser, server: RunningServer) -> Iterator[playwright.Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -74,6 +82,11 @@ def page(browser: playwright.Browser, server: RunningServer) -> Iterator[playwri
     yield page
     context.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def page(browser: playwright.Browser, server: RunningServer) -> Iterator[playwright.Page]:
+    yield from open_page(browser, server)
 
 
 def screenshot_path(name: str, tmp_path: Path) -> Path:
@@ -106,3 +119,42 @@ def test_tts_panel_streams_speech(page: playwright.Page, tmp_path: Path) -> None
     expect(page.locator("#tts-total")).to_have_text(re.compile(r"^\d+ ms$"), timeout=30_000)
     page.wait_for_function("window.voxloop.ttsPlayedSeconds > 1", timeout=30_000)
     page.locator("#tts").screenshot(path=screenshot_path("playground-tts.png", tmp_path))
+
+
+def test_talking_over_the_reply_stops_it(
+    driver: playwright.Playwright, server: RunningServer, tmp_path: Path
+) -> None:
+    """The microphone asks for a long story, waits while it is told, then talks over it."""
+    story, rate = espeak_wav("Tell me a long story about a dragon and a knight.")
+    stop, _ = espeak_wav("Stop, stop. Tell me about the weather instead.")
+    audio = np.concatenate(
+        [
+            np.zeros(RATE // 2),
+            resample(story, rate, RATE),
+            np.zeros(7 * RATE),
+            resample(stop, rate, RATE),
+            np.zeros(30 * RATE),
+        ]
+    )
+    microphone = tmp_path / "barge-in.wav"
+    microphone.write_bytes(write_wav(audio.astype(np.float32), RATE))
+    browser = launch(driver, microphone)
+    try:
+        for page in open_page(browser, server):
+            page.fill(
+                "#prompt", "You are a storyteller. Tell long, detailed stories of at least ten sentences."
+            )
+            page.click("#start")
+            expect(page.locator("#transcript .user").first).to_contain_text(
+                "dragon", ignore_case=True, timeout=60_000
+            )
+            interrupted = page.locator("#transcript .assistant.interrupted").first
+            expect(interrupted).to_be_visible(timeout=60_000)
+            played = page.evaluate("window.voxloop.audioPlayedSeconds")
+            assert 1.0 < played < 12.0, played  # some of the story, not all of it
+            expect(page.locator("#transcript .user").nth(1)).to_contain_text(
+                "weather", ignore_case=True, timeout=60_000
+            )
+            page.click("#stop")
+    finally:
+        browser.close()
