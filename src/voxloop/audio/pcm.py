@@ -49,13 +49,6 @@ class StreamResampler:
         return self._stream.resample_chunk(samples.astype(np.float32, copy=False), last=last)
 
 
-def normalize_peak(samples: np.ndarray, peak: float = 0.9) -> np.ndarray:
-    top = float(np.max(np.abs(samples))) if samples.size else 0.0
-    if top < 1e-4:
-        return samples
-    return (samples * (peak / top)).astype(np.float32)
-
-
 def read_wav(data: bytes) -> tuple[np.ndarray, int]:
     """Decode a PCM WAV file (8/16/32-bit, any channel count) into mono float32."""
     try:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from voxloop.backends.llm.base import LanguageModel
 from voxloop.backends.llm.factory import create_llm
+from voxloop.backends.stt.base import SpeechToText
 from voxloop.backends.stt.whisper import WhisperStt
 from voxloop.backends.tts.voices import Speaker
+from voxloop.backends.vad.base import VoiceActivityDetector
 from voxloop.backends.vad.silero import SileroVad
 from voxloop.config import Settings
 
@@ -19,8 +21,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Backends:
     settings: Settings
-    vad: SileroVad
-    stt: WhisperStt
+    vad: VoiceActivityDetector
+    stt: SpeechToText
     speaker: Speaker
     llm: LanguageModel
 

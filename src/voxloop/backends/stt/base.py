@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +28,9 @@ class Transcript:
 class SpeechToText(Protocol):
     sample_rate: int  # what transcribe() expects
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        """Blocking; callers run it off the event loop. ``language`` None means detect."""
+    def transcribe(
+        self, audio: np.ndarray, language: str | None = None, *, keyterms: Sequence[str] | None = None
+    ) -> Transcript:
+        """Blocking; callers run it off the event loop. ``language`` None means detect;
+        ``keyterms`` are words to favour (names, jargon)."""
         ...

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,9 +26,16 @@ class SpeechChunk:
     text: str
 
 
-class TextToSpeech(Protocol):
-    def voices(self) -> list[Voice]: ...
+class SpeechEngine(Protocol):
+    """One synthesiser (hibari, Piper, espeak); ``voices.Speaker`` picks and streams them."""
 
-    def synthesize(self, text: str, voice: Voice, language: str, speed: float = 1.0) -> Iterator[SpeechChunk]:
-        """Blocking generator, sentence by sentence, so the first audio is ready early."""
+    first_chunk_chars: int  # a longer first sentence is cut at a clause, for early first audio
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    def load(self) -> object: ...
+
+    def speak(self, text: str, speed: float) -> np.ndarray:
+        """Blocking; one piece of text to mono float32 audio at ``sample_rate``."""
         ...

@@ -13,12 +13,11 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from voxloop.audio.pcm import resample
-from voxloop.backends.tts.base import SpeechChunk, Voice
+from voxloop.backends.tts.base import SpeechChunk, SpeechEngine, Voice
 from voxloop.backends.tts.espeak_tts import EspeakEngine
 from voxloop.backends.tts.hibari_tts import HibariEngine
 from voxloop.backends.tts.piper_tts import PiperEngine
@@ -45,17 +44,6 @@ class UnknownVoice(ValueError):
 
 class UnknownLanguage(ValueError):
     """A language no voice (or not the chosen voice) speaks."""
-
-
-class _Engine(Protocol):
-    first_chunk_chars: int
-
-    @property
-    def sample_rate(self) -> int: ...
-
-    def load(self) -> object: ...
-
-    def speak(self, text: str, speed: float) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -110,7 +98,7 @@ class Speaker:
             for g in "fm"
             for n in STYLES
         }
-        self._engines: dict[str, _Engine] = {}
+        self._engines: dict[str, SpeechEngine] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -193,7 +181,7 @@ class Speaker:
         ]
         return styles + engines
 
-    def _engine(self, name: str) -> _Engine:
+    def _engine(self, name: str) -> SpeechEngine:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
