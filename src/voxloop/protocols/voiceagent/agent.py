@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -35,50 +34,14 @@ from voxloop.engine.session import Session
 from voxloop.protocols.common import new_session, run_session
 from voxloop.protocols.lokutor.common import parse_json
 from voxloop.protocols.voiceagent.frames import FrameRejected, VisualContext, parse_frame
+from voxloop.protocols.voiceagent.wire import MAX_AUDIO_BYTES, audio_format, decode_base64
 
 log = logging.getLogger(__name__)
 
-MAX_AUDIO_BYTES = 10 * 1024 * 1024  # decoded upload, the SDK's own default (maxAudioInputSize)
 MAX_AUDIO_S = 60.0  # longest utterance transcribed
 MAX_TEXT_CHARS = 4000
 MAX_PENDING_INPUTS = 4  # user turns waiting for the one being transcribed
 OUTPUT_RATE = 24000  # reply audio: MP3 (MPEG-2 layer III) and WAV both carry 24 kHz
-# MediaRecorder MIME types and short names -> the container PyAV should expect.
-AUDIO_FORMATS = {
-    "webm": "webm", "opus": "ogg", "ogg": "ogg", "oga": "ogg", "mp3": "mp3", "mpeg": "mp3",
-    "mpga": "mp3", "wav": "wav", "wave": "wav", "x-wav": "wav", "vnd.wave": "wav", "flac": "flac",
-    "x-flac": "flac", "mp4": "mp4", "m4a": "mp4", "x-m4a": "mp4", "aac": "aac",
-}  # fmt: skip
-
-
-def audio_format(value: object) -> str | None:
-    """'audio/webm;codecs=opus' -> 'webm'; None (sniff the bytes) when absent or unknown to the client."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError("audio 'format' must be a string such as 'webm' or 'audio/webm;codecs=opus'")
-    name = value.strip().lower().split(";")[0].strip().removeprefix("audio/").removeprefix("video/")
-    if name in ("", "unknown", "auto", "octet-stream", "application/octet-stream"):
-        return None
-    if name not in AUDIO_FORMATS:
-        raise ValueError(f"unsupported audio format {value!r}; use webm, ogg, mp3, wav, flac or mp4")
-    return AUDIO_FORMATS[name]
-
-
-def decode_base64(text: object, limit: int, what: str) -> bytes:
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"{what} needs base64 'data'")
-    if len(text) > (limit + 2) // 3 * 4 + 4:  # refuse before decoding
-        raise ValueError(
-            f"{what} too large ({len(text) * 3 // 4 / 2**20:.1f} MB); at most {limit / 2**20:.0f} MB"
-        )
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{what} 'data' is not valid base64 ({exc})") from exc
-    if not data:
-        raise ValueError(f"{what} 'data' is empty")
-    return data
 
 
 @dataclass

@@ -1,0 +1,307 @@
+"""The VoiceAgent SDK protocol (/v1/voice-agent, /v1/video-agent) on a real server with real models,
+driven by a real WebSocket client: typed and recorded questions, streamed text, spoken chunks
+transcribed back, server-side tools, interrupts, video frames and bad input."""
+
+from __future__ import annotations
+
+import base64
+import fractions
+import json
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.server import RunningServer, start_server
+from tests.speech import espeak_wav, word_error_rate
+from tests.voiceagent_client import VoiceAgentClient, b64, decode, encode
+from voxloop.audio.pcm import float_to_pcm16
+from voxloop.protocols.voiceagent.frames import MAX_FRAME_BYTES, FrameRejected, parse_frame, sniff
+from voxloop.protocols.voiceagent.wire import audio_format
+
+QUESTION = "What is the capital of France?"
+STORY = "Tell me a very long story about a dragon and a knight, with at least ten sentences."
+
+
+def client(server: RunningServer, path: str = "/v1/voice-agent") -> VoiceAgentClient:
+    return VoiceAgentClient(f"{server.ws}{path}?api_key={server.api_key}")
+
+
+@pytest.fixture
+def voice(server: RunningServer) -> Iterator[VoiceAgentClient]:
+    agent = client(server)
+    yield agent
+    agent.close()
+
+
+def transcribe(server: RunningServer, audio: np.ndarray) -> str:
+    response = httpx.post(
+        f"{server.http}/stt/transcribe",
+        headers={"X-API-Key": server.api_key},
+        json={"audio": b64(float_to_pcm16(audio)), "format": "pcm16", "sample_rate": 16000, "language": "en"},
+        timeout=60,
+    )
+    return response.json()["text"]
+
+
+def reply_messages(agent: VoiceAgentClient, since: float, timeout: float = 120) -> list[dict]:
+    """Everything from ``since`` to the reply's response_complete."""
+    done = agent.wait_type("response_complete", since, timeout)
+    return agent.between(since, done.at)
+
+
+def image(codec: str, width: int = 64, height: int = 48, pix: str = "yuv420p") -> bytes:
+    """A real image file from FFmpeg's encoders (mjpeg, png, libwebp)."""
+    context = av.CodecContext.create(codec, "w")
+    context.width, context.height, context.pix_fmt = width, height, pix
+    context.time_base = fractions.Fraction(1, 25)
+    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format=pix)
+    return b"".join(bytes(packet) for packet in [*context.encode(frame), *context.encode(None)])
+
+
+def png_header(width: int, height: int) -> bytes:
+    body = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def frame_message(data: bytes, fmt: str, sequence: int) -> dict:
+    picture = {"data": b64(data), "format": fmt, "width": 64, "height": 48}
+    return {
+        "type": "video_frame", "sessionId": "client-main", "sequence": sequence,
+        "timestamp": 1700000000000, "triggerReason": "user_request", "image": picture,
+    }  # fmt: skip
+
+
+# ---- without a server -------------------------------------------------------------------
+
+
+def test_audio_format_accepts_short_names_and_mime_types() -> None:
+    assert audio_format("audio/webm;codecs=opus") == "webm"
+    assert audio_format("audio/ogg; codecs=opus") == "ogg"
+    assert audio_format("audio/mpeg") == "mp3"
+    assert audio_format("MP3") == "mp3"
+    assert audio_format("audio/wav") == audio_format("wav") == "wav"
+    assert audio_format(None) is None and audio_format("unknown") is None  # sniffed from the bytes
+    with pytest.raises(ValueError):
+        audio_format("audio/x-nonsense")
+    with pytest.raises(ValueError):
+        audio_format(42)
+
+
+def test_frames_are_recognised_from_their_headers() -> None:
+    assert sniff(image("mjpeg", pix="yuvj420p")) == ("jpeg", 64, 48)
+    assert sniff(image("png", pix="rgb24")) == ("png", 64, 48)
+    assert sniff(image("libwebp")) == ("webp", 64, 48)
+    frame = parse_frame(frame_message(image("libwebp"), "image/webp", 7))
+    assert frame.sequence == 7 and frame.data_url.startswith("data:image/webp;base64,")
+    rejected = {
+        "bad_format": frame_message(b"GIF89a" + bytes(100), "webp", 1),
+        "frame_too_large": frame_message(bytes(MAX_FRAME_BYTES + 1), "webp", 2),
+        "bad_dimensions": frame_message(png_header(10000, 10), "png", 3),
+        "bad_frame": {"type": "video_frame", "image": {"data": "***", "format": "png"}},
+    }
+    for code, message in rejected.items():
+        with pytest.raises(FrameRejected) as info:
+            parse_frame(message)
+        assert info.value.code == code
+    with pytest.raises(FrameRejected, match="says jpeg"):
+        parse_frame(frame_message(image("png", pix="rgb24"), "jpeg", 4))
+
+
+# ---- on a real server -------------------------------------------------------------------
+
+
+def test_typed_question_streams_text_and_spoken_chunks(
+    server: RunningServer, voice: VoiceAgentClient
+) -> None:
+    latencies = []
+    for _ in range(2):
+        sent = voice.ask(QUESTION)
+        messages = reply_messages(voice, sent)
+        kinds = [m["type"] for m in messages]
+        first_audio = voice.wait_type("audio_chunk", sent)
+        latencies.append(first_audio.at - sent)
+        deltas = [m for m in messages if m["type"] == "text_delta"]
+        chunks = [m for m in messages if m["type"] == "audio_chunk"]
+        complete = messages[-1]
+        assert deltas and chunks, kinds
+        assert all(isinstance(m["id"], str) and m["id"] for m in deltas)
+        text = "".join(m["text"] for m in deltas)
+        assert complete["text"] == text.strip() and "paris" in text.lower(), complete
+        assert kinds.index("speech_stream_start") < kinds.index("audio_chunk")
+        assert kinds.index("speech_stream_end") < kinds.index("response_complete")
+        assert "speech_interrupted" not in kinds
+        ids = [m["chunkId"] for m in chunks]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert all(m["format"] == "mp3" for m in chunks)
+        spoken_text = " ".join(m["text"] for m in chunks)
+        assert word_error_rate(text, spoken_text) == 0.0, (text, spoken_text)  # every word is spoken
+        audio = np.concatenate([decode(base64.b64decode(m["data"])) for m in chunks])
+        heard = transcribe(server, audio)
+        assert word_error_rate(spoken_text, heard) <= 0.35, (spoken_text, heard)
+    print(f"typed question -> first audio chunk: {[round(s, 2) for s in latencies]} s")
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "rate", "fmt"),
+    [("webm", "libopus", 48000, "audio/webm;codecs=opus"), ("mp3", "libmp3lame", 22050, "mp3")],
+)
+def test_recorded_question_is_understood(
+    voice: VoiceAgentClient, container: str, codec: str, rate: int, fmt: str
+) -> None:
+    speech, speech_rate = espeak_wav(QUESTION)
+    speech = np.concatenate([np.zeros(speech_rate // 4, np.float32), speech])
+    data = encode(speech, speech_rate, container, codec, rate)
+    sent = voice.send({"type": "audio", "data": b64(data), "format": fmt})
+    heard = voice.wait_type("transcription_result", sent).body
+    assert word_error_rate(QUESTION, heard["text"]) <= 0.2, heard
+    complete = voice.wait_type("response_complete", sent).body
+    assert "paris" in complete["text"].lower(), complete
+
+
+def test_audio_without_a_format_is_recognised_from_its_bytes(voice: VoiceAgentClient) -> None:
+    """voice-client.html sends {type: 'audio', data} with no format at all."""
+    speech, rate = espeak_wav(QUESTION)
+    sent = voice.send({"type": "audio", "data": b64(encode(speech, rate, "ogg", "libopus", 48000))})
+    heard = voice.wait_type("transcription_result", sent).body
+    assert word_error_rate(QUESTION, heard["text"]) <= 0.2, heard
+
+
+def test_interrupt_and_new_input_stop_the_reply(voice: VoiceAgentClient) -> None:
+    sent = voice.ask(STORY)
+    voice.wait_type("audio_chunk", sent, timeout=120)
+    cut = voice.send({"type": "interrupt", "reason": "button_click"})
+    stopped = voice.wait_type("speech_interrupted", cut, timeout=10)
+    assert stopped.body["reason"] == "button_click"
+    voice.wait_type("stream_abort", cut, timeout=10)
+    later = voice.wait_type("speech_stream_end", cut, timeout=10)
+    with pytest.raises(AssertionError):
+        voice.wait_type("audio_chunk", later.at, timeout=2)
+    assert not voice.between(sent, kind="response_complete")
+
+    sent = voice.ask(STORY)
+    voice.wait_type("audio_chunk", sent, timeout=120)
+    cut = voice.ask(QUESTION)  # new input while the bot speaks
+    assert voice.wait_type("speech_interrupted", cut, timeout=10).body["reason"] == "user_speaking"
+    complete = voice.wait_type("response_complete", cut).body
+    assert "paris" in complete["text"].lower() and "dragon" not in complete["text"].lower(), complete
+
+
+@pytest.fixture(scope="module")
+def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(
+        Path(tmp_path_factory.mktemp("tools")), env={"VOXLOOP_SERVER_TOOLS": "get_current_time"}
+    )
+    yield running
+    running.stop()
+
+
+def test_server_side_tool_is_called_and_its_result_used(tool_server: RunningServer) -> None:
+    agent = client(tool_server)
+    try:
+        sent = agent.ask("What time is it? Use the get_current_time tool.")
+        messages = reply_messages(agent, sent)
+        call = next(m for m in messages if m["type"] == "tool_call")
+        result = next(m for m in messages if m["type"] == "tool_result")
+        assert call["toolName"] == "get_current_time" and call["toolCallId"] == result["toolCallId"]
+        assert result["toolName"] == result["name"] == "get_current_time"
+        stamp = str(result["result"])  # e.g. "Saturday 21 November 2026, 07:46 UTC"
+        clock = stamp.split(", ")[-1].split()[0]
+        hour, minute = (int(part) for part in clock.split(":"))
+        answer = messages[-1]["text"]
+        used = [clock, f"{hour % 12 or 12}:{minute:02d}", *stamp.replace(",", "").split()[:3]]
+        assert any(piece in answer for piece in used), (stamp, answer)
+        assert messages[-1]["toolCalls"][0]["toolName"] == "get_current_time"
+        assert [m["type"] for m in messages].index("tool_result") < [m["type"] for m in messages].index(
+            "response_complete"
+        )
+    finally:
+        agent.close()
+
+
+def test_video_frames_are_acknowledged_and_bad_ones_rejected(server: RunningServer) -> None:
+    video = client(server, "/v1/video-agent")
+    try:
+        sent = video.send({"type": "client_ready", "capabilities": {"video": True, "audio": True}})
+        init = video.wait_type("session_init", sent, timeout=10).body
+        assert init["sessionId"].startswith("vs_")
+        assert video.wait_type("capture_frame", sent, timeout=10).body["reason"] == "initial"
+
+        for sequence, (codec, pix, fmt) in enumerate(
+            [("libwebp", "yuv420p", "webp"), ("mjpeg", "yuvj420p", "jpeg"), ("png", "rgb24", "image/png")], 1
+        ):
+            sent = video.send(frame_message(image(codec, pix=pix), fmt, sequence))
+            ack = video.wait_type("frame_ack", sent, timeout=10).body
+            assert ack["sequence"] == sequence and isinstance(ack["timestamp"], int)
+
+        big = png_header(640, 480) + bytes(MAX_FRAME_BYTES)  # a valid header on 2 MB of data
+        for sequence, data, fmt, reason in [
+            (10, big, "png", "frame_too_large"),
+            (11, b"not an image at all", "webp", "bad_format"),
+            (12, png_header(20000, 20000), "png", "bad_dimensions"),
+        ]:
+            sent = video.send(frame_message(data, fmt, sequence))
+            error = video.wait_type("error", sent, timeout=10).body
+            assert error["reason"] == reason and error["sequence"] == sequence, error
+            assert "frame rejected" in error["message"]
+        assert not [m for m in video.between(0, kind="frame_ack") if m["sequence"] >= 10]
+
+        sent = video.ask(QUESTION)  # the text-only model answers; the frames are context only
+        assert video.wait_type("capture_frame", sent, timeout=10).body["reason"] == "user_request"
+        assert "paris" in video.wait_type("response_complete", sent).body["text"].lower()
+    finally:
+        video.close()
+
+
+def test_bad_input_gets_errors_and_the_session_survives(
+    server: RunningServer, voice: VoiceAgentClient
+) -> None:
+    bad = [
+        "this is not json",
+        "[1, 2, 3]",
+        '{"text": "no type"}',
+        '{"type": "launch_rockets"}',
+        '{"type": "transcript", "text": "   "}',
+        '{"type": "transcript", "text": 12}',
+        '{"type": "transcript", "text": "' + "a" * 5000 + '"}',
+        '{"type": "audio", "data": "%%% not base64 %%%", "format": "webm"}',
+        '{"type": "audio", "data": "' + b64(b"\x00" * 64) + '", "format": "audio/x-unheard-of"}',
+        '{"type": "audio", "format": "mp3"}',
+        '{"type": "video_frame", "image": {"data": "' + b64(png_header(8, 8)) + '", "format": "png"}}',
+        "[" * 100000 + "]" * 100000,
+    ]
+    for raw in bad:
+        start = time.monotonic()
+        voice.ws.send(raw)
+        ready = voice.wait_type("session_init", voice.send({"type": "client_ready"}), timeout=10)
+        errors = voice.between(start, ready.at, kind="error")
+        assert len(errors) == 1 and isinstance(errors[0]["message"], str), (raw[:80], errors)
+
+    sent = voice.send({"type": "audio", "data": b64(b"garbage bytes " * 100), "format": "mp3"})
+    assert "decode" in voice.wait_type("error", sent, timeout=30).body["message"]
+    sent = voice.send({"type": "audio", "data": b64(bytes(11 * 2**20)), "format": "wav"})
+    assert "too large" in voice.wait_type("error", sent, timeout=30).body["message"]
+    start = time.monotonic()
+    voice.ws.send(b"\x00\x01binary")
+    assert "binary" in voice.wait_type("error", start, timeout=10).body["message"]
+
+    sent = voice.ask(QUESTION)
+    assert "paris" in voice.wait_type("response_complete", sent).body["text"].lower()
+
+
+def test_a_wrong_key_is_refused_in_the_protocols_error_shape(server: RunningServer) -> None:
+    with connect(f"{server.ws}/v1/voice-agent?api_key=wrong") as ws:
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "unauthorized" in error["message"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 1008
