@@ -122,6 +122,7 @@ class VoiceAgentConnection:
             hint = audio_format(message.get("format"))
             data = decode_base64(message.get("data"), MAX_AUDIO_BYTES, "audio")
             await self.queue_input("audio", (data, hint))
+            await self.session.interrupt("new_input")  # the user spoke: stop now, not after the STT
         elif kind == "interrupt":
             reason = message.get("reason")
             self.interrupt_reason = reason if isinstance(reason, str) and reason else "client_request"
