@@ -208,7 +208,9 @@ def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
 def test_server_side_tool_is_called_and_its_result_used(tool_server: RunningServer) -> None:
     agent = client(tool_server)
     try:
-        sent = agent.ask("What time is it? Use the get_current_time tool.")
+        # Qwen 0.5B needs the tool named; asked "What time is it? Use the get_current_time tool." it
+        # writes the call inside a ```json fence, which the llama backend does not take as a call.
+        sent = agent.ask("Call the get_current_time tool and tell me the time.")
         messages = reply_messages(agent, sent)
         call = next(m for m in messages if m["type"] == "tool_call")
         result = next(m for m in messages if m["type"] == "tool_result")
@@ -218,7 +220,8 @@ def test_server_side_tool_is_called_and_its_result_used(tool_server: RunningServ
         clock = stamp.split(", ")[-1].split()[0]
         hour, minute = (int(part) for part in clock.split(":"))
         answer = messages[-1]["text"]
-        used = [clock, f"{hour % 12 or 12}:{minute:02d}", *stamp.replace(",", "").split()[:3]]
+        weekday, _, month = stamp.split()[:3]
+        used = [clock, f"{hour % 12 or 12}:{minute:02d}", weekday, month]
         assert any(piece in answer for piece in used), (stamp, answer)
         assert messages[-1]["toolCalls"][0]["toolName"] == "get_current_time"
         assert [m["type"] for m in messages].index("tool_result") < [m["type"] for m in messages].index(
@@ -288,7 +291,7 @@ def test_bad_input_gets_errors_and_the_session_survives(
 
     sent = voice.send({"type": "audio", "data": b64(b"garbage bytes " * 100), "format": "mp3"})
     assert "decode" in voice.wait_type("error", sent, timeout=30).body["message"]
-    sent = voice.send({"type": "audio", "data": b64(bytes(11 * 2**20)), "format": "wav"})
+    sent = voice.send({"type": "audio", "data": b64(bytes(2_900_000)), "format": "wav"})
     assert "too large" in voice.wait_type("error", sent, timeout=30).body["message"]
     start = time.monotonic()
     voice.ws.send(b"\x00\x01binary")

@@ -34,7 +34,8 @@ class VoiceAgentClient:
     log: list[Message] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.ws = connect(self.url, max_size=1 << 24, open_timeout=30)
+        self._exit = contextlib.ExitStack()
+        self.ws = self._exit.enter_context(connect(self.url, max_size=1 << 24, open_timeout=30))
         self.changed = threading.Condition()
         self.closed = False
         self.receiver = threading.Thread(target=self._receive, daemon=True)
@@ -80,7 +81,7 @@ class VoiceAgentClient:
             return [m.body for m in self.log if start <= m.at <= end and kind in (None, m.body.get("type"))]
 
     def close(self) -> None:
-        self.ws.close()
+        self._exit.close()
         self.receiver.join(timeout=5)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-MAX_AUDIO_BYTES = 10 * 1024 * 1024  # decoded upload, the SDK's own default (maxAudioInputSize)
+MAX_AUDIO_BYTES = 5 * 2**19  # 2.5 MB decoded: its base64 fits the server's 4 MB WebSocket message limit
 # MediaRecorder MIME types and short names -> the container PyAV should expect.
 AUDIO_FORMATS = {
     "webm": "webm", "opus": "ogg", "ogg": "ogg", "oga": "ogg", "mp3": "mp3", "mpeg": "mp3",
