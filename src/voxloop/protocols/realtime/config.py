@@ -17,9 +17,17 @@ from voxloop.protocols.realtime.wire import RealtimeError
 FORMATS = {"pcm16": 24000, "g711_ulaw": 8000, "g711_alaw": 8000}  # wire format -> sample rate
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 BETA_KEYS = frozenset(
-    {"modalities", "voice", "input_audio_format", "output_audio_format", "input_audio_transcription",
-     "turn_detection", "temperature", "max_response_output_tokens"}
-)  # fmt: skip
+    {
+        "modalities",
+        "voice",
+        "input_audio_format",
+        "output_audio_format",
+        "input_audio_transcription",
+        "turn_detection",
+        "temperature",
+        "max_response_output_tokens",
+    }
+)
 MAX_INSTRUCTIONS = 20000
 MAX_TOOLS = 64
 
@@ -86,7 +94,9 @@ def apply_update(config: RealtimeConfig, session: object) -> RealtimeConfig:
     if "turn_detection" in session:
         new.turn_detection = _turn_detection(session["turn_detection"], "session.turn_detection")
     if "input_audio_transcription" in session:
-        new.transcription = _optional_object(session["input_audio_transcription"], "input_audio_transcription")
+        new.transcription = _optional_object(
+            session["input_audio_transcription"], "input_audio_transcription"
+        )
     if "temperature" in session:
         value = session["temperature"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
@@ -113,7 +123,9 @@ def apply_update(config: RealtimeConfig, session: object) -> RealtimeConfig:
 def _apply_audio(new: RealtimeConfig, audio: dict[str, Any]) -> None:
     inputs, outputs = audio.get("input") or {}, audio.get("output") or {}
     if not isinstance(inputs, dict) or not isinstance(outputs, dict):
-        raise RealtimeError("'audio.input' and 'audio.output' must be objects", "invalid_type", "session.audio")
+        raise RealtimeError(
+            "'audio.input' and 'audio.output' must be objects", "invalid_type", "session.audio"
+        )
     if "format" in inputs:
         new.input_format = _ga_format(inputs["format"], "session.audio.input.format")
     if "turn_detection" in inputs:
@@ -124,7 +136,9 @@ def _apply_audio(new: RealtimeConfig, audio: dict[str, Any]) -> None:
         new.output_format = _ga_format(outputs["format"], "session.audio.output.format")
     if "voice" in outputs:
         voice = outputs["voice"]
-        new.voice = _text(voice.get("id") if isinstance(voice, dict) else voice, "session.audio.output.voice", 100)
+        new.voice = _text(
+            voice.get("id") if isinstance(voice, dict) else voice, "session.audio.output.voice", 100
+        )
     if "speed" in outputs:
         new.speed = _speed(outputs["speed"], "session.audio.output.speed")
 
@@ -223,8 +237,11 @@ def _turn_detection(value: object, param: str) -> dict[str, Any] | None:
     if kind not in ("server_vad", "semantic_vad"):
         raise RealtimeError(f"unsupported turn detection {kind!r}; use 'server_vad' or null", param=param)
     turn = default_turn_detection()  # semantic_vad runs as server_vad with its defaults
-    for key, low, high in (("threshold", 0.0, 1.0), ("prefix_padding_ms", 0, 5000),
-                           ("silence_duration_ms", 50, 10000)):  # fmt: skip
+    for key, low, high in (
+        ("threshold", 0.0, 1.0),
+        ("prefix_padding_ms", 0, 5000),
+        ("silence_duration_ms", 50, 10000),
+    ):
         if key in value and value[key] is not None:
             number = value[key]
             if isinstance(number, bool) or not isinstance(number, int | float) or not low <= number <= high:
@@ -273,8 +290,14 @@ def _tools(value: object) -> list[dict[str, Any]]:
         if not isinstance(parameters, dict):
             raise RealtimeError("'parameters' must be a JSON schema object", param=f"{param}.parameters")
         description = tool.get("description") or ""
-        tools.append({"type": "function", "name": name.strip(), "description": str(description),
-                      "parameters": parameters})  # fmt: skip
+        tools.append(
+            {
+                "type": "function",
+                "name": name.strip(),
+                "description": str(description),
+                "parameters": parameters,
+            }
+        )
     return tools
 
 
@@ -285,4 +308,6 @@ def _tool_choice(value: object, tools: list[dict[str, Any]]) -> str | dict[str, 
         if not any(tool["name"] == value.get("name") for tool in tools):
             raise RealtimeError("tool_choice names a tool that is not declared", param="session.tool_choice")
         return value
-    raise RealtimeError("tool_choice must be 'auto', 'none', 'required' or a function", param="session.tool_choice")
+    raise RealtimeError(
+        "tool_choice must be 'auto', 'none', 'required' or a function", param="session.tool_choice"
+    )

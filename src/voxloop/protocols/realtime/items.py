@@ -96,8 +96,11 @@ def parse_item(raw: object) -> Item:
     if kind == "function_call_output":
         call_id, output = raw.get("call_id"), raw.get("output")
         if not isinstance(call_id, str) or not isinstance(output, str):
-            raise RealtimeError("function_call_output needs string 'call_id' and 'output'",
-                                "missing_required_parameter", "item.call_id")  # fmt: skip
+            raise RealtimeError(
+                "function_call_output needs string 'call_id' and 'output'",
+                "missing_required_parameter",
+                "item.call_id",
+            )
         return Item("function_call_output", call_id=call_id, output=output[:MAX_ITEM_TEXT], **extra)
     if kind != "message":
         raise RealtimeError(f"unsupported item type {kind!r}", param="item.type")
@@ -106,8 +109,9 @@ def parse_item(raw: object) -> Item:
         raise RealtimeError("'item.role' must be user, assistant or system", param="item.role")
     content = raw.get("content")
     if not isinstance(content, list) or not content:
-        raise RealtimeError("'item.content' must be a non-empty list", "missing_required_parameter",
-                            "item.content")  # fmt: skip
+        raise RealtimeError(
+            "'item.content' must be a non-empty list", "missing_required_parameter", "item.content"
+        )
     texts, audio = [], b""
     for index, part in enumerate(content):
         param = f"item.content[{index}]"
@@ -121,10 +125,14 @@ def parse_item(raw: object) -> Item:
         elif part_type == "input_audio" and role == "user":
             audio += _base64(part.get("audio"), f"{param}.audio")
         else:
-            raise RealtimeError(f"unsupported content type {part_type!r} for role {role}", param=f"{param}.type")
+            raise RealtimeError(
+                f"unsupported content type {part_type!r} for role {role}", param=f"{param}.type"
+            )
     text = " ".join(texts)
     if len(text) > MAX_ITEM_TEXT:
-        raise RealtimeError(f"item text is too long (at most {MAX_ITEM_TEXT} characters)", param="item.content")
+        raise RealtimeError(
+            f"item text is too long (at most {MAX_ITEM_TEXT} characters)", param="item.content"
+        )
     return Item("message", role=role, text=text, audio=bool(audio), input_audio=audio, **extra)
 
 
