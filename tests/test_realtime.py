@@ -22,8 +22,10 @@ from voxloop.audio.codec import ulaw_decode
 from voxloop.audio.pcm import float_to_pcm16, resample
 
 RATE = 24000
+STORY = "Tell me a story about a dragon in three sentences."
 MODEL = "gpt-realtime"
 INSTRUCTIONS = "You are a helpful assistant. Answer in one short sentence."
+WEATHER_INSTRUCTIONS = "You are a weather assistant. Always call get_weather to answer weather questions."
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -50,7 +52,7 @@ async def append(connection: Any, pcm: bytes, chunk_s: float = 0.1, pace: float 
         await asyncio.sleep(chunk_s / pace)
 
 
-async def collect(connection: Any, until: str, timeout: float = 120.0) -> list[Any]:
+async def collect(connection: Any, until: str, wait_s: float = 120.0) -> list[Any]:
     """Server events up to and including the first of type ``until``."""
     received: list[Any] = []
 
@@ -60,7 +62,7 @@ async def collect(connection: Any, until: str, timeout: float = 120.0) -> list[A
             if event.type == until:
                 return
 
-    await asyncio.wait_for(read(), timeout)
+    await asyncio.wait_for(read(), wait_s)
     return received
 
 
@@ -213,7 +215,7 @@ async def test_function_call_round_trip(server: RunningServer) -> None:
         await connection.session.update(
             session={
                 "type": "realtime",
-                "instructions": "You are a weather assistant. Always call get_weather to answer weather questions.",
+                "instructions": WEATHER_INSTRUCTIONS,
                 "audio": {"input": {"turn_detection": None}},
                 "tools": [WEATHER_TOOL],
                 "tool_choice": "auto",
@@ -248,13 +250,12 @@ async def test_cancel_then_truncate_removes_the_unheard_words(server: RunningSer
                 "type": "realtime",
                 "instructions": "You are a storyteller.",
                 "audio": {"input": {"turn_detection": None}},
-            }  # fmt: skip
+            }
         )
         await collect(connection, "session.updated", 30)
         await connection.conversation.item.create(
-            item={"type": "message", "role": "user",
-                  "content": [{"type": "input_text", "text": "Tell me a story about a dragon in three sentences."}]}
-        )  # fmt: skip
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": STORY}]}
+        )
         await connection.response.create()
         received, audio_s = [], 0.0
         async for event in connection:
@@ -299,18 +300,26 @@ async def test_beta_client_gets_beta_event_names_and_g711(server: RunningServer)
                 "turn_detection": None,
                 "output_audio_format": "g711_ulaw",
                 "voice": "alloy",
-            }  # fmt: skip
+            }
         )
         await collect(connection, "session.updated", 30)
         await connection.conversation.item.create(
-            item={"type": "message", "role": "user",
-                  "content": [{"type": "input_text", "text": "What color is the sky on a clear day?"}]}
-        )  # fmt: skip
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What color is the sky on a clear day?"}],
+            }
+        )
         await connection.response.create()
         received = await collect(connection, "response.done")
     types = {event.type for event in received}
-    assert {"conversation.item.created", "response.audio.delta", "response.audio_transcript.delta",
-            "response.audio_transcript.done", "response.audio.done"} <= types  # fmt: skip
+    assert {
+        "conversation.item.created",
+        "response.audio.delta",
+        "response.audio_transcript.delta",
+        "response.audio_transcript.done",
+        "response.audio.done",
+    } <= types
     assert not {"response.output_audio.delta", "conversation.item.added"} & types
     ulaw = b"".join(base64.b64decode(event.delta) for event in of_type(received, "response.audio.delta"))
     transcript = of_type(received, "response.audio_transcript.done")[0].transcript
@@ -338,26 +347,35 @@ async def test_browser_subprotocol_key_and_refusals(server: RunningServer) -> No
         assert event.error.code == "invalid_api_key"
 
 
+def event(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
 BAD_EVENTS = [
     ("{oops", "invalid_json", None),
     ("[" * 100_000, "invalid_json", None),
     (json.dumps(["list"]), "invalid_event", None),
-    (json.dumps({"type": "dance", "event_id": "e1"}), "invalid_value", "e1"),
-    (json.dumps({"type": "session.update", "event_id": "e2", "session": {"voice": 3}}), "invalid_type", "e2"),
-    (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/mp3"}}}}}),
-     "invalid_value", None),
-    (json.dumps({"type": "input_audio_buffer.append", "event_id": "e3", "audio": "***"}), "invalid_value", "e3"),
-    (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}),
-     "invalid_value", None),
-    (json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "robot"}}),
-     "invalid_value", None),
-    (json.dumps({"type": "conversation.item.create",
-                 "item": {"type": "function_call_output", "call_id": "nope", "output": "x"}}), "invalid_value", None),
-    (json.dumps({"type": "conversation.item.truncate", "item_id": "ghost", "audio_end_ms": 5}), "item_not_found",
-     None),
-    (json.dumps({"type": "conversation.item.delete", "item_id": "ghost"}), "item_not_found", None),
-    (json.dumps({"type": "response.cancel", "event_id": "e4"}), "response_cancel_not_active", "e4"),
-]  # fmt: skip
+    (event("dance", event_id="e1"), "invalid_value", "e1"),
+    (event("session.update", event_id="e2", session={"voice": 3}), "invalid_type", "e2"),
+    (
+        event("session.update", session={"audio": {"input": {"format": {"type": "audio/mp3"}}}}),
+        "invalid_value",
+        None,
+    ),
+    (event("input_audio_buffer.append", event_id="e3", audio="***"), "invalid_value", "e3"),
+    (event("input_audio_buffer.append", audio=base64.b64encode(b"abc").decode()), "invalid_value", None),
+    (event("conversation.item.create", item={"type": "message", "role": "robot"}), "invalid_value", None),
+    (
+        event(
+            "conversation.item.create", item={"type": "function_call_output", "call_id": "no", "output": "x"}
+        ),
+        "invalid_value",
+        None,
+    ),
+    (event("conversation.item.truncate", item_id="ghost", audio_end_ms=5), "item_not_found", None),
+    (event("conversation.item.delete", item_id="ghost"), "item_not_found", None),
+    (event("response.cancel", event_id="e4"), "response_cancel_not_active", "e4"),
+]
 
 
 @pytest.mark.parametrize(("message", "code", "event_id"), BAD_EVENTS)
