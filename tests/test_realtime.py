@@ -34,8 +34,12 @@ WEATHER_TOOL = {
 }
 
 
-def client(server: RunningServer, key: str | None = None) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=f"{server.http}/v1", api_key=key or server.api_key)
+def client(
+    server: RunningServer, key: str | None = None, websocket_base_url: str | None = None
+) -> AsyncOpenAI:
+    return AsyncOpenAI(
+        base_url=f"{server.http}/v1", api_key=key or server.api_key, websocket_base_url=websocket_base_url
+    )
 
 
 def speech_24k(text: str, silence_s: float = 1.2) -> bytes:
@@ -290,7 +294,9 @@ async def test_cancel_then_truncate_removes_the_unheard_words(server: RunningSer
 
 
 async def test_beta_client_gets_beta_event_names_and_g711(server: RunningServer) -> None:
-    async with client(server).beta.realtime.connect(model="gpt-4o-realtime-preview") as connection:
+    # the beta client always dials wss:// from base_url; websocket_base_url is its option for plain ws://
+    beta = client(server, websocket_base_url=f"{server.ws}/v1").beta.realtime
+    async with beta.connect(model="gpt-4o-realtime-preview") as connection:
         created = await collect(connection, "session.created", 30)
         assert created[-1].session.input_audio_format == "pcm16"
         await connection.session.update(
