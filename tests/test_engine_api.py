@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import audioop  # the standard library's G.711, as the reference
-import warnings
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
+from tests.speech import espeak_16k, word_error_rate
 from voxloop.audio import codec
 from voxloop.audio.pcm import AudioFormatError, float_to_pcm16, pcm16_to_float
 from voxloop.backends.registry import Backends
@@ -20,9 +20,6 @@ from voxloop.engine import events
 from voxloop.engine.barge_in import BargeInRules
 from voxloop.engine.session import Session
 from voxloop.protocols.common import new_session
-from tests.speech import espeak_16k, word_error_rate
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +36,9 @@ async def session(backends: Backends) -> AsyncIterator[Session]:
     await opened.close()
 
 
-async def collect(session: Session, until: type, timeout: float = 60) -> list[events.Event]:
+async def collect(session: Session, until: type, within_s: float = 60) -> list[events.Event]:
     seen: list[events.Event] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within_s):
         while not isinstance(seen[-1] if seen else None, until):
             seen.append(await session.next_event())
     return seen
@@ -139,7 +136,7 @@ async def test_detected_language_reply_and_voice_follow(backends: Backends) -> N
     try:
         audio = espeak_16k("¿Cuál es la capital de Francia?", "es")
         await session.push_audio(float_to_pcm16(np.concatenate([audio, np.zeros(16000, np.float32)])))
-        seen = await collect(session, events.ResponseDone, timeout=90)
+        seen = await collect(session, events.ResponseDone, within_s=90)
         user = next(e for e in seen if isinstance(e, events.TranscriptFinal) and e.role == "user")
         assert user.language == "es"
         assert session.config.language == "es" and "es" in session.voice.languages
