@@ -54,7 +54,7 @@ class RealtimeConfig:
     transcription: dict[str, Any] | None = None  # input transcription events only when set
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str | dict[str, Any] = "auto"
-    temperature: float = 0.8  # accepted and echoed; the embedded LLM keeps its own sampling
+    temperature: float = 0.8
     max_output_tokens: int | str = "inf"
     speed: float = 1.0
 

@@ -162,6 +162,8 @@ class RealtimeConnection:
             "input_rate": config.input_rate,
             "output_rate": config.output_rate,
             "speed": config.speed,
+            "temperature": config.temperature,
+            "max_tokens": None if config.max_output_tokens == "inf" else config.max_output_tokens,
         }
         if turn is not None:
             changes["turn"] = dataclasses.replace(
@@ -378,11 +380,9 @@ class RealtimeConnection:
             case events.TextDelta(text=text, generation=generation):
                 if (state := await self._state_for(generation)) is not None:
                     await self.writer.text(state, text)
-            case events.AudioOut(generation=generation):
+            case events.AudioOut(pcm=pcm, generation=generation, text=text, piece=piece):
                 if (state := await self._state_for(generation)) is not None:
-                    text = getattr(event, "text", None)
-                    new_piece = bool(text) or getattr(event, "piece", None) not in (None, 0)
-                    await self.writer.audio(state, event.pcm, self.config.output_rate, text, new_piece)
+                    await self.writer.audio(state, pcm, self.config.output_rate, text, piece)
             case events.ToolCallRequested(
                 call_id=call_id, name=name, arguments=arguments, generation=generation
             ):

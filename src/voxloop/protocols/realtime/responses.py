@@ -41,6 +41,7 @@ class ResponseState:
     cancel_reason: str | None = None
     input_tokens: int = 0
     transcript: str = ""
+    piece: int = -1  # the reply piece the last audio belonged to
 
 
 class ResponseWriter:
@@ -68,15 +69,14 @@ class ResponseWriter:
         kind = "response.output_audio_transcript.delta" if state.audio_out else "response.output_text.delta"
         await self.send({"type": kind, **self._where(state, message), "delta": text})
 
-    async def audio(
-        self, state: ResponseState, pcm: bytes, rate: int, spoken: str | None, new_piece: bool
-    ) -> None:
+    async def audio(self, state: ResponseState, pcm: bytes, rate: int, spoken: str, piece: int) -> None:
         if not state.audio_out:
             return
         message = await self._message(state)
         seconds = len(pcm) / 2 / rate
-        if new_piece or not message.spans:
-            message.spans.append(Span(message.audio_s, message.audio_s, spoken or ""))
+        if piece != state.piece or not message.spans:  # frames of one piece carry the same text
+            state.piece = piece
+            message.spans.append(Span(message.audio_s, message.audio_s, spoken))
         message.audio_s += seconds
         message.spans[-1].end = message.audio_s
         if state.output_format == "g711_ulaw":
