@@ -22,6 +22,7 @@ from voxloop.protocols.lokutor import rest as lokutor_rest
 from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
+from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.voiceagent.agent import serve_video_agent, serve_voice_agent
 from voxloop.server.auth import KeyCheck
 from voxloop.server.errors import install_error_handlers
@@ -106,5 +107,6 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
 
     websocket_route("/v1/voice-agent", serve_voice_agent, voice_agent_error)
     websocket_route("/v1/video-agent", serve_video_agent, voice_agent_error)
+    app.add_api_websocket_route(realtime.PATH, realtime.realtime_endpoint)  # own auth: key subprotocol
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app
