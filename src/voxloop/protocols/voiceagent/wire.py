@@ -1,31 +1,29 @@
-"""Checks on the VoiceAgent SDK's incoming audio messages (no engine needed, so unit-testable)."""
+"""Checks on the VoiceAgent SDK's incoming audio messages."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 
+from voxloop.audio import codec
+from voxloop.audio.pcm import AudioFormatError
+
 MAX_AUDIO_BYTES = 5 * 2**19  # 2.5 MB decoded: its base64 fits the server's 4 MB WebSocket message limit
-# MediaRecorder MIME types and short names -> the container PyAV should expect.
-AUDIO_FORMATS = {
-    "webm": "webm", "opus": "ogg", "ogg": "ogg", "oga": "ogg", "mp3": "mp3", "mpeg": "mp3",
-    "mpga": "mp3", "wav": "wav", "wave": "wav", "x-wav": "wav", "vnd.wave": "wav", "flac": "flac",
-    "x-flac": "flac", "mp4": "mp4", "m4a": "mp4", "x-m4a": "mp4", "aac": "aac",
-}  # fmt: skip
+UNNAMED = frozenset({"", "unknown", "auto", "octet-stream"})  # the bytes will tell
 
 
 def audio_format(value: object) -> str | None:
-    """'audio/webm;codecs=opus' -> 'webm'; None (sniff the bytes) when absent or unknown to the client."""
+    """'audio/webm;codecs=opus' or 'webm' -> 'webm' (FFmpeg's container name); None: probe the bytes."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError("audio 'format' must be a string such as 'webm' or 'audio/webm;codecs=opus'")
-    name = value.strip().lower().split(";")[0].strip().removeprefix("audio/").removeprefix("video/")
-    if name in ("", "unknown", "auto", "octet-stream", "application/octet-stream"):
+    if value.strip().lower().split(";")[0].split("/")[-1] in UNNAMED:
         return None
-    if name not in AUDIO_FORMATS:
-        raise ValueError(f"unsupported audio format {value!r}; use webm, ogg, mp3, wav, flac or mp4")
-    return AUDIO_FORMATS[name]
+    try:
+        return codec.container_of(value)
+    except AudioFormatError as exc:
+        raise ValueError(f"{exc}; use webm, ogg, mp3, wav, flac or mp4") from exc
 
 
 def decode_base64(text: object, limit: int, what: str) -> bytes:
