@@ -196,11 +196,13 @@ def test_interrupt_and_new_input_stop_the_reply(voice: VoiceAgentClient) -> None
     assert "paris" in complete["text"].lower() and "dragon" not in complete["text"].lower(), complete
 
 
+# Greedy decoding: at the default temperature the 0.5B model now and then writes the call as prose.
+TOOL_ENV = {"VOXLOOP_SERVER_TOOLS": "get_current_time", "VOXLOOP_LLM_TEMPERATURE": "0"}
+
+
 @pytest.fixture(scope="module")
 def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(
-        Path(tmp_path_factory.mktemp("tools")), env={"VOXLOOP_SERVER_TOOLS": "get_current_time"}
-    )
+    running = start_server(Path(tmp_path_factory.mktemp("tools")), env=TOOL_ENV)
     yield running
     running.stop()
 
@@ -208,9 +210,7 @@ def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
 def test_server_side_tool_is_called_and_its_result_used(tool_server: RunningServer) -> None:
     agent = client(tool_server)
     try:
-        # Qwen 0.5B needs the tool named; asked "What time is it? Use the get_current_time tool." it
-        # writes the call inside a ```json fence, which the llama backend does not take as a call.
-        sent = agent.ask("Call the get_current_time tool and tell me the time.")
+        sent = agent.ask("What time is it? Use the get_current_time tool.")  # Qwen 0.5B needs it named
         messages = reply_messages(agent, sent)
         call = next(m for m in messages if m["type"] == "tool_call")
         result = next(m for m in messages if m["type"] == "tool_result")
