@@ -8,9 +8,11 @@ import base64
 import fractions
 import json
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import av
@@ -149,6 +151,22 @@ def test_typed_question_streams_text_and_spoken_chunks(
         heard = transcribe(server, audio)
         assert word_error_rate(spoken_text, heard) <= 0.35, (spoken_text, heard)
     print(f"typed question -> first audio chunk: {[round(s, 2) for s in latencies]} s")
+
+
+def test_wav_chunks_on_request_and_unknown_output_formats_refused(server: RunningServer) -> None:
+    wav = VoiceAgentClient(f"{server.ws}/v1/voice-agent?api_key={server.api_key}&format=wav")
+    try:
+        sent = wav.ask("Say hello.")
+        chunks = [m for m in reply_messages(wav, sent) if m["type"] == "audio_chunk"]
+        assert chunks and all(m["format"] == "wav" for m in chunks)
+        data = base64.b64decode(chunks[0]["data"])
+        assert data[:4] == b"RIFF" and data[8:12] == b"WAVE" and decode(data).size > 1600
+    finally:
+        wav.close()
+    with connect(f"{server.ws}/v1/voice-agent?api_key={server.api_key}&format=flac") as ws:
+        assert "format" in json.loads(ws.recv(timeout=10))["message"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
 
 
 @pytest.mark.parametrize(
@@ -308,3 +326,59 @@ def test_a_wrong_key_is_refused_in_the_protocols_error_shape(server: RunningServ
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
         assert ws.close_code == 1008
+
+
+class VisionLlmStub:
+    """An OpenAI-compatible chat server that records each request and streams a fixed answer with
+    reasoning: the stand-in for a remote vision model, which cannot run on this machine."""
+
+    ANSWER = "I see a small picture."
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                stub.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                deltas = [{"reasoning_content": "The user wants a description."}, {"content": stub.ANSWER}]
+                for delta in deltas:
+                    self.wfile.write(f"data: {json.dumps({'choices': [{'delta': delta}]})}\n\n".encode())
+                done = {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+                self.wfile.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+
+def test_frames_reach_a_vision_llm_and_reasoning_is_streamed(tmp_path: Path) -> None:
+    llm = VisionLlmStub()
+    env = {"VOXLOOP_LLM_BACKEND": "openai", "VOXLOOP_LLM_VISION": "true", "VOXLOOP_LLM_BASE_URL": llm.url}
+    server = start_server(tmp_path, env=env)
+    video = client(server, "/v1/video-agent")
+    try:
+        frames = [image("libwebp"), image("mjpeg", pix="yuvj420p")]
+        for sequence, (data, fmt) in enumerate(zip(frames, ["webp", "jpeg"], strict=True), 1):
+            video.wait_type("frame_ack", video.send(frame_message(data, fmt, sequence)), timeout=10)
+        sent = video.ask("What do you see?")
+        messages = reply_messages(video, sent)
+        assert "".join(m["text"] for m in messages if m["type"] == "reasoning_delta").startswith("The user")
+        assert messages[-1]["text"] == VisionLlmStub.ANSWER
+        user = llm.requests[-1]["messages"][-1]
+        assert user["role"] == "user" and user["content"][0] == {"type": "text", "text": "What do you see?"}
+        urls = [part["image_url"]["url"] for part in user["content"][1:]]
+        assert urls == [
+            f"data:image/webp;base64,{b64(frames[0])}",
+            f"data:image/jpeg;base64,{b64(frames[1])}",
+        ]
+    finally:
+        video.close()
+        server.stop()
+        llm.http.shutdown()
