@@ -106,7 +106,11 @@ class VoiceAgentConnection:
         try:
             await self.apply(message["type"], message)
         except FrameRejected as exc:
-            await self.error(f"frame rejected: {exc}", reason=exc.code, sequence=message.get("sequence"))
+            sequence = message.get("sequence")
+            sequence = (
+                sequence if isinstance(sequence, int | float) and not isinstance(sequence, bool) else None
+            )
+            await self.error(f"frame rejected: {exc}", reason=exc.code, sequence=sequence)
         except ValueError as exc:
             await self.error(str(exc))
 
@@ -125,7 +129,7 @@ class VoiceAgentConnection:
             await self.session.interrupt("new_input")  # the user spoke: stop now, not after the STT
         elif kind == "interrupt":
             reason = message.get("reason")
-            self.interrupt_reason = reason if isinstance(reason, str) and reason else "client_request"
+            self.interrupt_reason = reason[:100] if isinstance(reason, str) and reason else "client_request"
             await self.session.interrupt("client")
         elif kind == "client_ready":
             await self.send({"type": "session_init", "sessionId": self.session_id})
@@ -137,8 +141,7 @@ class VoiceAgentConnection:
             frame = parse_frame(message)
             self.visual.add(frame)
             self.session.set_images(self.visual.images())
-            ack = frame.sequence if frame.sequence is not None else message.get("sequence")
-            await self.send({"type": "frame_ack", "sequence": ack, "timestamp": _now_ms()})
+            await self.send({"type": "frame_ack", "sequence": frame.sequence, "timestamp": _now_ms()})
         else:
             raise ValueError(f"unknown message type {kind!r}")
 
@@ -228,18 +231,23 @@ class VoiceAgentConnection:
                     )
                     # `toolName` as the SDK sends it, `name` as its docs show it.
                     await self.send(
-                        {"type": "tool_result", "toolName": name, "name": name, "toolCallId": call_id,
-                         "result": output}
-                    )  # fmt: skip
+                        {
+                            "type": "tool_result",
+                            "toolName": name,
+                            "name": name,
+                            "toolCallId": call_id,
+                            "result": output,
+                        }
+                    )
                 case events.AudioOut(pcm=pcm, generation=generation, text=text):
                     await self.audio_chunk(self.reply_for(generation), pcm, text)
                 case events.Interrupted(generation=generation, reason=reason):
                     await self.send({"type": "speech_interrupted", "reason": self.wire_reason(reason)})
                 case events.ResponseDone(generation=generation, text=text, interrupted=interrupted):
-                    await self.finish(self.replies.pop(generation, None) or Reply(generation, ""), text,
-                                      interrupted)  # fmt: skip
-                case events.Error(message=message):
-                    await self.error(message)
+                    reply = self.replies.pop(generation, None) or Reply(generation, "")
+                    await self.finish(reply, text, interrupted)
+                case events.Error(message=message, code=code):
+                    await self.error(message, code=code)
 
     def wire_reason(self, reason: str) -> str:
         # The SDK says "user_speaking" when new input cuts a reply, and echoes the client's reason.
@@ -256,9 +264,14 @@ class VoiceAgentConnection:
         data = await asyncio.to_thread(encode, pcm, OUTPUT_RATE)
         chunk_id, self.next_chunk_id = self.next_chunk_id, self.next_chunk_id + 1
         await self.send(
-            {"type": "audio_chunk", "chunkId": chunk_id, "data": base64.b64encode(data).decode(),
-             "format": self.output_format, "text": text or ""}
-        )  # fmt: skip
+            {
+                "type": "audio_chunk",
+                "chunkId": chunk_id,
+                "data": base64.b64encode(data).decode(),
+                "format": self.output_format,
+                "text": text or "",
+            }
+        )
 
     async def finish(self, reply: Reply, heard: str, interrupted: bool) -> None:
         if reply.text_open:
@@ -272,9 +285,13 @@ class VoiceAgentConnection:
             return
         await self.send({"type": "stream_finish", "finishReason": "stop"})
         await self.send(
-            {"type": "response_complete", "text": reply.text.strip() or heard,
-             "toolCalls": reply.tool_calls, "toolResults": reply.tool_results}
-        )  # fmt: skip
+            {
+                "type": "response_complete",
+                "text": reply.text.strip() or heard,
+                "toolCalls": reply.tool_calls,
+                "toolResults": reply.tool_results,
+            }
+        )
 
 
 def _json_or_text(result: str) -> Any:
