@@ -19,6 +19,8 @@ import av
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -382,3 +384,46 @@ def test_frames_reach_a_vision_llm_and_reasoning_is_streamed(tmp_path: Path) -> 
         video.close()
         server.stop()
         llm.http.shutdown()
+
+
+scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=40)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+image_fields = st.fixed_dictionaries(
+    {}, optional={"data": values | st.binary(max_size=300).map(b64), "format": values, "width": values}
+)
+hostile = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(
+                ["audio", "video_frame", "interrupt", "client_ready", "transcript", "x", None]
+            )
+        },
+        optional={
+            "data": values | st.binary(max_size=300).map(b64),
+            "format": values,
+            "reason": values,
+            "sequence": values,
+            "image": image_fields | values,
+            "text": st.none() | st.integers() | st.lists(st.text(max_size=5), max_size=3),  # never a turn
+        },
+    ),
+    values,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=hostile)
+def test_hostile_messages_get_errors_never_a_dropped_socket(server: RunningServer, message: object) -> None:
+    with connect(f"{server.ws}/v1/video-agent?api_key={server.api_key}") as ws:
+        ws.send(json.dumps(message, allow_nan=True))
+        ws.send(json.dumps({"type": "client_ready"}))
+        seen = []
+        while (reply := json.loads(ws.recv(timeout=20)))["type"] != "session_init":
+            seen.append(reply)
+        expected = {"error", "frame_ack", "capture_frame", "transcription_error", "speech_interrupted"}
+        assert {m["type"] for m in seen} <= expected, (message, seen)
+        assert all(isinstance(m["message"], str) for m in seen if m["type"] == "error")
