@@ -28,6 +28,7 @@ from tests.server import RunningServer, start_server
 from tests.speech import espeak_wav, word_error_rate
 from tests.voiceagent_client import VoiceAgentClient, b64, decode, encode
 from voxloop.audio.pcm import float_to_pcm16
+from voxloop.engine.tools import builtin_tools
 from voxloop.protocols.voiceagent.frames import MAX_FRAME_BYTES, FrameRejected, parse_frame, sniff
 from voxloop.protocols.voiceagent.wire import audio_format
 
@@ -119,6 +120,12 @@ def test_frames_are_recognised_from_their_headers() -> None:
         assert info.value.code == code
     with pytest.raises(FrameRejected, match="says jpeg"):
         parse_frame(frame_message(image("png", pix="rgb24"), "jpeg", 4))
+
+
+async def test_server_tools_ignore_arguments_they_do_not_take() -> None:
+    """Qwen 0.5B calls get_current_time with the schema as its arguments ({"type": "object", ...})."""
+    result = await builtin_tools.subset(["get_current_time"]).call("get_current_time", {"type": "object"})
+    assert "error" not in result and str(time.localtime().tm_year) in result
 
 
 # ---- on a real server -------------------------------------------------------------------
