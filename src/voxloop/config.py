@@ -71,7 +71,21 @@ class Settings(BaseSettings):
         description="Built-in server-side tools to offer the LLM, e.g. get_current_time.",
     )
 
-    @field_validator("api_keys", "server_tools", mode="before")
+    # --- Soca voice WebSocket (seed 003): barge-in gate defaults and reconnects ---
+    soca_barge_enabled: bool = True
+    soca_min_partial_chars: int = Field(10, description="Characters a partial needs to barge in.")
+    soca_min_partial_words: int = Field(2, description="Words (fillers aside) a partial needs to barge in.")
+    soca_min_confidence: float = Field(0.30, description="STT confidence a partial needs to barge in.")
+    soca_speech_start_window_s: float = Field(1.5, description="Speech after VAD start to find words in.")
+    soca_barge_cooldown_s: float = Field(0.8, description="Minimum time between two barge-ins.")
+    soca_filler_words: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["uh", "um", "hmm", "eh", "ah", "ya", "yah"],
+        description="Words that never barge in.",
+    )
+    soca_resume_grace_s: float = Field(120.0, description="How long a closed session can be resumed.")
+    soca_resume_capacity: int = Field(1000, description="Closed sessions kept for resuming, at most.")
+
+    @field_validator("api_keys", "server_tools", "soca_filler_words", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
