@@ -90,9 +90,7 @@ def parse_start(message: object, settings: Settings) -> Start:
     """A validated start message, or ValueError with the message to send back."""
     if not isinstance(message, dict) or message.get("type") != "start":
         raise ValueError("must start with type=start")
-    token = message.get("token", message.get("private_key"))  # the docs show both names
-    if token is not None and not isinstance(token, str):
-        raise ValueError("Invalid or expired token")
+    token = token_of(message)
     session_id = message.get("session_id")
     if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
         raise ValueError("'session_id' must be a string of 1 to 128 letters, digits or _.:-")
@@ -119,6 +117,15 @@ def parse_start(message: object, settings: Settings) -> Start:
         partials=_bool(message.get("partials", True), "partials"),
         barge=BargeGate.from_settings(settings).updated(message.get("barge")),
     )
+
+
+def token_of(message: dict[str, Any]) -> str | None:
+    """The key: ``token`` (the docs' example client) or ``private_key`` (their reference page)."""
+    token = message.get("token")
+    token = message.get("private_key") if token is None else token
+    if token is not None and not isinstance(token, str):
+        raise ValueError("Invalid or expired token")
+    return token
 
 
 def _bool(value: object, name: str) -> bool:

@@ -40,7 +40,7 @@ from voxloop.engine.session import Session
 from voxloop.protocols.common import new_session, run_session
 from voxloop.protocols.lokutor.common import parse_json
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
-from voxloop.protocols.soca.start import BargeGate, Start, parse_start
+from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
 from voxloop.server.metrics import SESSIONS
 
 log = logging.getLogger(__name__)
@@ -253,9 +253,11 @@ async def read_start(websocket: WebSocket, backends: Backends) -> Start | None:
     if not isinstance(message, dict) or message.get("type") != "start":
         await refuse(websocket, "must start with type=start")
         return None
-    token = message.get("token", message.get("private_key"))  # authenticate before anything else
-    if not (token is None or isinstance(token, str)) or not websocket.app.state.keys.accepts(token):
-        await refuse(websocket, "Invalid or expired token")
+    try:  # authenticate before anything else is looked at
+        if not websocket.app.state.keys.accepts(token_of(message)):
+            raise ValueError("Invalid or expired token")
+    except ValueError as exc:
+        await refuse(websocket, str(exc))
         return None
     try:
         return parse_start(message, backends.settings)
