@@ -86,6 +86,11 @@ class SocaClient:
     def final_answer(self, since: float, timeout: float = 120.0) -> dict:
         return self.wait_for(lambda m: m.get("stepType") == "final_answer", timeout, since)
 
+    def wait_closed(self, timeout: float = 10.0) -> int | None:
+        """The close code once the server has closed the connection."""
+        self._receiver.join(timeout)
+        return self.ws.close_code
+
     def close(self) -> None:
         self._running = False
         self._mic.join(timeout=2)
