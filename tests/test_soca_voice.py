@@ -157,8 +157,10 @@ def test_a_spoken_question_gets_partials_a_final_and_sentence_mp3s(
 def test_fillers_do_not_barge_words_do_and_the_cooldown_holds(
     server: RunningServer, clients: list[SocaClient]
 ) -> None:
-    # A long cooldown, so the second interruption below falls inside it.
-    client = open_client(server, clients, start_message(server, prompt=STORY, barge={"barge_cooldown": 600}))
+    # A long cooldown, so the second interruption below falls inside it, and a window longer than
+    # the utterances, so the gate (not a loaded CPU's slow partial transcripts) decides.
+    gate = {"barge_cooldown": 600, "speech_start_window": 6}
+    client = open_client(server, clients, start_message(server, prompt=STORY, barge=gate))
     client.say(espeak_16k("Tell me a long story about a dragon and a knight."))
     first = client.wait_for(lambda m: m.get("stepType") == "sentence", timeout=120)
     reply_seq = first["seq"]
@@ -168,12 +170,13 @@ def test_fillers_do_not_barge_words_do_and_the_cooldown_holds(
     assert later["seq"] == reply_seq and not client.messages(kind="barge"), summary(client.messages(um))
 
     interrupt_at = time.monotonic()
-    client.say(espeak_16k("Stop the story please. Tell me about the moon instead."))
+    spoken = "Stop the story please. Tell me about the moon instead."
+    client.say(espeak_16k(spoken))
     barge = client.wait_for(lambda m: m["type"] == "barge", timeout=30, since=interrupt_at)
     assert barge == {"type": "barge", "seq": reply_seq + 1, "reason": "content_partial"}
     barged_at = client.received_at(barge)
     final = client.wait_for(lambda m: m["type"] == "stt.final", timeout=60, since=barged_at)
-    assert final["seq"] == barge["seq"] and "moon" in final["text"].lower(), final
+    assert final["seq"] == barge["seq"] and word_error_rate(spoken, final["text"]) < 0.4, final
     new_reply = client.wait_for(lambda m: m.get("stepType") == "sentence", timeout=120, since=barged_at)
     assert new_reply["seq"] == barge["seq"]
     assert all(m["seq"] >= barge["seq"] for m in client.messages(barged_at)), summary(

@@ -50,7 +50,9 @@ START_TIMEOUT_S = 10.0  # a connection that never says "start" is dropped
 MAX_FRAME_S = 2.0  # longer audio frames are refused: the docs ask for 20-50 ms
 OUTBOX_SIZE = 64  # messages waiting for the socket; the engine's own queue holds the rest
 TAKEOVER_WAIT_S = 5.0
-BARGE_REASONS = {"barge_in": "content_partial"}
+# Why a reply was cut: the barge-in gate passed on the words heard so far, or the user's finished
+# turn replaced the reply still playing (its words came too late for the gate's window).
+BARGE_REASONS = {"barge_in": "content_partial", "new_input": "content_final"}
 
 
 @dataclass
