@@ -67,6 +67,10 @@ def refused(server: RunningServer, first: str | bytes, path: str = PATHS[0]) -> 
         return reply, ws.close_code
 
 
+def timeline(client: SocaClient, since: float) -> list[tuple[float, dict]]:
+    return [(round(r.at - since, 2), summary([r.message])[0]) for r in client.log if r.at >= since]
+
+
 def wait_count(client: SocaClient, kind: str, count: int, since: float, timeout: float = 10) -> list[dict]:
     deadline = time.monotonic() + timeout
     while len(found := client.messages(since, kind)) < count and time.monotonic() < deadline:
@@ -170,24 +174,24 @@ def test_fillers_do_not_barge_words_do_and_the_cooldown_holds(
     assert later["seq"] == reply_seq and not client.messages(kind="barge"), summary(client.messages(um))
 
     interrupt_at = time.monotonic()
-    spoken = "Stop the story please. Tell me about the moon instead."
+    spoken = "Stop the story please. Tell me a long story about the moon instead."
     client.say(espeak_16k(spoken))
     barge = client.wait_for(lambda m: m["type"] == "barge", timeout=30, since=interrupt_at)
     assert barge == {"type": "barge", "seq": reply_seq + 1, "reason": "content_partial"}
     barged_at = client.received_at(barge)
     final = client.wait_for(lambda m: m["type"] == "stt.final", timeout=60, since=barged_at)
-    assert final["seq"] == barge["seq"] and word_error_rate(spoken, final["text"]) < 0.4, final
+    assert final["seq"] == barge["seq"] and word_error_rate(spoken, final["text"]) < 0.5, final
     new_reply = client.wait_for(lambda m: m.get("stepType") == "sentence", timeout=120, since=barged_at)
     assert new_reply["seq"] == barge["seq"]
     assert all(m["seq"] >= barge["seq"] for m in client.messages(barged_at)), summary(
         client.messages(barged_at)
     )
 
-    second = client.say(espeak_16k("Wait, wait. Tell me about the sun now please."))
+    second = client.say(espeak_16k("Wait, tell me about the sun."))
     time.sleep(4)  # the gate had time to judge these words: it must not cut the reply
     after = client.messages(second - 3)
-    assert len(client.messages(kind="barge")) == 1, summary(after)
-    assert not [m for m in after if m["type"] == "stt.final"], summary(after)
+    assert len(client.messages(kind="barge")) == 1, timeline(client, barged_at)
+    assert not [m for m in after if m["type"] == "stt.final"], timeline(client, barged_at)
     still = client.wait_for(lambda m: m.get("stepType") == "sentence", timeout=60, since=second + 1)
     assert still["seq"] == barge["seq"] and not client.stale
 
