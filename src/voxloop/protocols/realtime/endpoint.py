@@ -53,7 +53,11 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         return
     model = websocket.query_params.get("model") or DEFAULT_MODEL
     SESSIONS.labels(PATH).inc()
-    session = new_session(websocket.app.state.backends, input_rate=24000, output_rate=24000)
+    # No spoken filler while a client runs a tool: Realtime has no audio between that response's
+    # end and the client's next response.create.
+    session = new_session(
+        websocket.app.state.backends, input_rate=24000, output_rate=24000, tool_filler=False
+    )
     try:
         connection = RealtimeConnection(websocket, session, is_beta(websocket, protocols), model[:100])
         try:
