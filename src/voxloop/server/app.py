@@ -22,6 +22,7 @@ from voxloop.protocols.lokutor import rest as lokutor_rest
 from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
+from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.soca.voice import soca_endpoint
 from voxloop.server.auth import KeyCheck
 from voxloop.server.errors import install_error_handlers
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
     websocket_route("/ws/stt", serve_stt, json_error)
     websocket_route("/ws/agent", serve_agent, json_error)
+    app.add_api_websocket_route(realtime.PATH, realtime.realtime_endpoint)  # own auth: key subprotocol
     for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
         app.add_api_websocket_route(path, soca_endpoint)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win

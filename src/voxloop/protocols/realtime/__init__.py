@@ -1,0 +1,1 @@
+"""OpenAI Realtime API compatible endpoint at ``/v1/realtime`` (GA and beta event names)."""
