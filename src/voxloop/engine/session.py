@@ -338,7 +338,9 @@ class Session:
             transcript = await self.transcribe(pending.audio)
             text = transcript.text
             stt_done = time.monotonic() - pending.speech_end
-            over_reply = self.current is not None and not self.current.resumed.is_set()
+            # Any reply still playing (paused or not: a late transcript may come after the barge-in
+            # window let it resume) is cut only by words that pass the barge-in rules.
+            over_reply = self.current is not None and self.config.barge_in.enabled
             if not self._has_words(text) or (over_reply and not self._may_barge(transcript)):
                 await pending.committed.wait()
                 if self.current is not None and not self.segmenter.speaking:
