@@ -22,6 +22,7 @@ from voxloop.protocols.lokutor import rest as lokutor_rest
 from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
+from voxloop.protocols.selam.server import mount_selam
 from voxloop.server.auth import KeyCheck
 from voxloop.server.errors import install_error_handlers
 from voxloop.server.metrics import ERRORS, SESSIONS
@@ -99,5 +100,6 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
     websocket_route("/ws/stt", serve_stt, json_error)
     websocket_route("/ws/agent", serve_agent, json_error)
+    mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app
