@@ -60,7 +60,7 @@ class SelamAgent:
             {
                 "session_id": self.session_id,
                 "status": "started",
-                "voice": options.voice,
+                "voice": options.voice_name,
                 "language": options.language or "auto",
                 "mode": "translation" if options.language else "auto_detect",
                 "vad_threshold": options.vad_threshold,

@@ -127,7 +127,8 @@ def barge_in_for(interrupt_threshold: float, base: BargeInRules) -> BargeInRules
 
 @dataclass(frozen=True)
 class StartOptions:
-    voice: str
+    voice: str  # voxloop's voice id
+    voice_name: str  # as the client named it
     language: str | None  # None: detect the spoken language and answer in it
     instructions: str | None
     vad_threshold: float
@@ -140,7 +141,8 @@ def parse_start(data: object, default_voice: str, speaker: Speaker) -> StartOpti
     if not isinstance(data, dict):
         raise SelamError("validation_error", "start_session takes an object {voice, language?, ...}")
     language = language_code(data.get("language"), speaker)
-    voice = voice_id(data.get("voice") or default_voice, speaker, language)
+    name = data.get("voice") or default_voice
+    voice = voice_id(name, speaker, language)
     instructions = data.get("instructions")
     if instructions is not None and (
         not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS
@@ -148,6 +150,7 @@ def parse_start(data: object, default_voice: str, speaker: Speaker) -> StartOpti
         raise SelamError("validation_error", f"'instructions' must be a string of at most {MAX_INSTRUCTIONS}")
     return StartOptions(
         voice=voice,
+        voice_name=name,
         language=language,
         instructions=instructions.strip() if instructions and instructions.strip() else None,
         vad_threshold=_number(data, "vad_threshold", DEFAULT_VAD_THRESHOLD, 1, 32767),

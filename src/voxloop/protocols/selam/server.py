@@ -25,6 +25,7 @@ NAMESPACE = "/v1/audio/agent"
 MAX_MESSAGE = 4 << 20  # one Socket.IO message; an audio_chunk holds at most 1 MiB of PCM
 MAX_QUEUED = 64  # packets waiting for a client before its emits wait (bounded memory)
 STALL_S = 10.0  # a client that reads nothing for this long is disconnected
+REFUSE_AFTER_S = 0.5  # a refused client is disconnected this long after its error
 
 
 class SelamNamespace(socketio.AsyncNamespace):
@@ -33,6 +34,7 @@ class SelamNamespace(socketio.AsyncNamespace):
         self.app = app
         self.agents: dict[str, SelamAgent] = {}
         self.voices: dict[str, str] = {}  # the voice each client named when connecting
+        self.hanging_up: set[asyncio.Task[None]] = set()
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         """Every event of the namespace: known ones run, errors go back in the seed's shape."""
@@ -76,7 +78,11 @@ class SelamNamespace(socketio.AsyncNamespace):
             await self.send_error(
                 sid, SelamError("authentication_error", "invalid or missing API key", "invalid_api_key")
             )
-            return False  # always_connect: the client sees the error, then a disconnect
+            # Socket.IO acknowledged the connect already (always_connect), so the client sees this
+            # `error`; the disconnect follows a moment later, because python-socketio ignores a
+            # disconnect that arrives while its connect() call is still returning.
+            asyncio.get_running_loop().call_later(REFUSE_AFTER_S, self.hang_up_soon, sid)
+            return True
         backends = self.app.state.backends
         voice = connection.query_params.get("voice") or (
             auth.get("voice") if isinstance(auth, dict) else None
@@ -87,7 +93,7 @@ class SelamNamespace(socketio.AsyncNamespace):
         message = "Connected to the voxloop voice agent. Send start_session to begin."
         try:
             if voice:
-                voice = voice_id(voice, backends.speaker)
+                voice_id(voice, backends.speaker)  # refused now, rather than at start_session
                 self.voices[sid] = voice
         except SelamError as error:
             await self.send_error(sid, error)  # start_session may still name a good voice
@@ -127,7 +133,12 @@ class SelamNamespace(socketio.AsyncNamespace):
         await self.send(sid, "error", error.payload())
 
     async def hang_up(self, sid: str) -> None:
-        asyncio.get_running_loop().create_task(self.disconnect(sid))  # not from inside its own task
+        self.hang_up_soon(sid)
+
+    def hang_up_soon(self, sid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.disconnect(sid))  # not inside its own task
+        self.hanging_up.add(task)
+        task.add_done_callback(self.hanging_up.discard)
 
 
 def _auth_key(auth: object) -> str | None:
