@@ -31,11 +31,15 @@ class KeyCheck:
         return token.strip() or None
 
     def allows(self, connection: HTTPConnection) -> bool:
+        return self.accepts(self.key_of(connection))
+
+    def accepts(self, key: str | None) -> bool:
+        """A raw key, for protocols that carry it in a message (Soca's token, Socket.IO's auth)."""
         if not self._keys:
             return True
-        key = (self.key_of(connection) or "").encode()
+        raw = (key or "").encode()
         # Compare against every key, so timing does not reveal which prefix matched.
-        return any([hmac.compare_digest(key, accepted) for accepted in self._keys])
+        return any([hmac.compare_digest(raw, accepted) for accepted in self._keys])
 
 
 def require_key(request: Request) -> None:
