@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from voxloop.backends.tts.voices import Speaker, UnknownLanguage, UnknownVoice, normalize_language
+from voxloop.engine.barge_in import BargeInRules
 from voxloop.engine.segmenter import SegmenterConfig
-from voxloop.engine.session import BargeInRules
 
 ERROR_TYPES = frozenset(
     {"authentication_error", "authorization_error", "validation_error", "session_error", "audio_error"}
@@ -107,21 +107,22 @@ def turn_for(vad_threshold: float, base: SegmenterConfig) -> SegmenterConfig:
 
 
 def barge_in_for(interrupt_threshold: float, base: BargeInRules) -> BargeInRules:
-    """8 keeps the engine's rules; each step below makes an interruption easier (fewer characters,
-    less STT confidence), each step above harder (more words, characters and confidence)."""
+    """8 keeps the engine's rules (already the most permissive words rule: one word). Below 8 the
+    paused-for speech is checked more often and gets longer to bring its words; above 8 it needs
+    more words, characters and STT confidence, and barge-ins need a pause between them."""
     step = round(interrupt_threshold) - DEFAULT_INTERRUPT_THRESHOLD  # -7 .. +7
     if step <= 0:
         return replace(
             base,
-            min_words=1,
-            min_chars=max(1, base.min_chars + step // 2),
-            min_confidence=max(0.0, base.min_confidence + 0.05 * step),
+            check_every_s=base.check_every_s * (1 + step / 14),  # 1: half the interval
+            window_s=base.window_s * (1 - step / 7),  # 1: twice the window
         )
     return replace(
         base,
-        min_words=base.min_words + (step + 1) // 2,  # 9-10: +1 word, ..., 15: +4 words
-        min_chars=base.min_chars + 2 * step,
-        min_confidence=min(0.95, base.min_confidence + 0.05 * step),
+        min_words=base.min_words + math.ceil(step / 2),  # 9-10: +1 word ... 15: +4 words
+        min_chars=base.min_chars + 3 * step,
+        min_confidence=min(0.9, base.min_confidence + 0.1 * step),
+        cooldown_s=base.cooldown_s + 0.5 * step,
     )
 
 
