@@ -63,15 +63,19 @@ def test_conversation_life_cycle(server: RunningServer, client: SelamClient) -> 
     )
     assert started["session_id"] and started["voice"] == "alloy" and started["language"] == "en"
 
-    speech = espeak_16k("Hello there. I would like to know, what is the capital of France?")
+    # Long enough that partial transcripts come while the user is still talking, even on a busy CPU.
+    speech = espeak_16k(
+        "I am planning a long trip to Asia next spring with my whole family and two friends. "
+        "Please tell me the name of the capital city of Japan."
+    )
     ended = client.say(speech, silence_s=1.0, chunk_ms=20)
     final = client.wait("transcription", ended - 5, where=lambda d: d["is_final"])
-    assert "france" in final["text"].lower()
+    assert "japan" in final["text"].lower()
     partials = [e.data for e in client.events("transcription", ended - 10) if not e.data["is_final"]]
     assert partials and all(p["text"] for p in partials), client.summary()
 
     end, text, audio, chunks = reply_after(client, ended)
-    assert "paris" in text.lower(), text
+    assert "tokyo" in text.lower(), text
     assert not end["interrupted"] and end["total_chunks"] == len(chunks) >= 1
     assert all(chunk["format"] == "mp3" for chunk in chunks)
     heard = transcribe(server, audio)["text"]
@@ -123,12 +127,13 @@ def test_pause_resume_interrupt_and_listening(server: RunningServer, client: Sel
 
 
 def test_spanish_is_detected_and_answered_in_spanish(server: RunningServer, client: SelamClient) -> None:
-    client.start(voice="alloy", instructions="Eres un asistente útil. Responde con una frase corta.")
-    ended = client.say(espeak_16k("¿Cuál es la capital de Francia?", voice="es"))
+    # echo is M1: espeak's male Spanish voice, which Whisper understands far better than the female one.
+    client.start(voice="echo", instructions="Eres un asistente útil. Responde con una frase corta.")
+    ended = client.say(espeak_16k("Por favor, dime el nombre de la capital de España.", voice="es"))
     final = client.wait("transcription", ended - 5, where=lambda d: d["is_final"])
-    assert final["language"] == "es" and "francia" in final["text"].lower(), final
+    assert final["language"] == "es" and "españa" in final["text"].lower(), final
     _, text, audio, _ = reply_after(client, ended)
-    assert "parís" in text.lower() or "paris" in text.lower(), text
+    assert "madrid" in text.lower(), text
     heard = transcribe(server, audio, language=None)
     assert heard["language"] == "es", heard  # a Spanish voice, not an English one reading Spanish
     assert word_error_rate(text, heard["text"]) < 0.5, (text, heard)
@@ -236,10 +241,10 @@ def test_a_misbehaving_client_does_not_affect_another(server: RunningServer, cli
     flood = threading.Thread(target=misbehave, daemon=True)
     flood.start()
     try:
-        ended = client.say(espeak_16k("What is the capital of France?"))
+        ended = client.say(espeak_16k("Please tell me the name of the capital city of Japan."))
         end, text, audio, _ = reply_after(client, ended)
-        assert "paris" in text.lower() and not end["interrupted"], text
-        assert "paris" in transcribe(server, audio)["text"].lower()
+        assert "tokyo" in text.lower() and not end["interrupted"], text
+        assert "tokyo" in transcribe(server, audio)["text"].lower()
         assert client.errors() == []
     finally:
         stop.set()
