@@ -23,6 +23,7 @@ from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.protocols.realtime import endpoint as realtime
+from voxloop.protocols.selam.server import mount_selam
 from voxloop.protocols.soca.voice import soca_endpoint
 from voxloop.server.auth import KeyCheck
 from voxloop.server.errors import install_error_handlers
@@ -104,5 +105,6 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
     app.add_api_websocket_route(realtime.PATH, realtime.realtime_endpoint)  # own auth: key subprotocol
     for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
         app.add_api_websocket_route(path, soca_endpoint)
+    mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app
