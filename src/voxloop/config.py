@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     llm_base_url: str = "http://127.0.0.1:8000/v1"
     llm_api_key: str = ""
     llm_remote_model: str = "default"
+    llm_vision: bool = Field(False, description="The remote model accepts images (video frames).")
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 256
     llm_temperature: float = 0.6

@@ -35,6 +35,7 @@ class TranscriptPartial:
     """What the user has said so far in the utterance under way (only with ``partials`` on)."""
 
     text: str
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class TranscriptFinal:
     text: str
     generation: int
     interrupted: bool = False  # assistant only: the text is what was actually played
+    language: str = ""  # the language the user spoke (user) or the reply is in (assistant)
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,21 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """Reasoning text from models that think aloud before answering; never spoken."""
+
+    text: str
+    generation: int
+
+
+@dataclass(frozen=True)
 class AudioOut:
+    """Reply audio: a frame of ``frame_ms``, or with ``frame_ms`` None a whole spoken piece."""
+
     pcm: bytes  # S16LE mono at the session's output rate
     generation: int
+    text: str = ""  # the text of the piece this audio belongs to
+    piece: int = 0  # index of that piece within the reply
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,33 @@ class ToolCallRequested:
     name: str
     arguments: dict[str, Any]
     generation: int
+
+
+@dataclass(frozen=True)
+class ToolStarted:
+    """Any tool call the reply makes (server- or client-side), as it starts."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    generation: int
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    call_id: str
+    name: str
+    result: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A reply was cut: by the user's words ("barge_in"), the client ("client") or a new input
+    ("new_input"). Followed by StatusChanged("interrupted") and ResponseDone."""
+
+    generation: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -104,9 +145,13 @@ Event = (
     | TranscriptPartial
     | TranscriptFinal
     | TextDelta
+    | ReasoningDelta
     | AudioOut
     | Visemes
     | ToolCallRequested
+    | ToolStarted
+    | ToolFinished
+    | Interrupted
     | ResponseDone
     | TurnMetrics
     | Error

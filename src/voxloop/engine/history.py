@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from voxloop.backends.llm.base import ChatMessage
 
 SPOKEN_STYLE = (
@@ -20,10 +22,13 @@ class History:
         self.prompt = prompt
         self.max_messages = max_messages
         self.messages: list[ChatMessage] = []
+        self.listeners: list[Callable[[list[ChatMessage]], None]] = []  # told of each committed turn
 
     def extend(self, messages: list[ChatMessage]) -> None:
         """Adds a whole turn, then trims: trimming inside a turn could orphan its tool results."""
         self.messages.extend(messages)
+        for listener in self.listeners:
+            listener(messages)
         if len(self.messages) <= self.max_messages:
             return
         # Cut at a turn start (a user message), keeping about half, and always the latest turn whole.

@@ -21,12 +21,13 @@ class Playout:
     """The reply's timeline: what was sent, and when the client plays each part."""
 
     sample_rate: int
+    lead_s: float = LEAD_S
     sent_s: float = 0.0  # audio sent so far, in seconds
     ends_at: float = 0.0  # wall time (monotonic) at which the client finishes what was sent
     spans: list[Span] = field(default_factory=list)
 
     def wait_before_next(self, now: float) -> float:
-        return max(0.0, self.ends_at - now - LEAD_S)
+        return max(0.0, self.ends_at - now - self.lead_s)
 
     def sent(self, samples: int, now: float) -> float:
         """Records a frame as sent; returns the wall time at which the client starts playing it."""

@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from voxloop.backends.llm.base import ChatMessage, LlmError, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.llm.base import ChatMessage, LlmError, ReasoningDelta, TextDelta, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
 from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import RenderedSpeech, speak
@@ -24,7 +24,7 @@ from voxloop.engine import events
 from voxloop.engine.chunker import SpeechChunker
 from voxloop.engine.echo import RATE as ECHO_RATE
 from voxloop.engine.history import History
-from voxloop.engine.playout import Playout
+from voxloop.engine.playout import LEAD_S, Playout
 from voxloop.engine.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,23 @@ class TurnSetup:
     server_tools: ToolRegistry
     client_tools: list[ToolSpec]
     ask_client: Callable[[ToolCall, int], Awaitable[str]]  # runs a client-side tool
+    frame_ms: int | None = 40  # None: each spoken piece leaves whole
+    temperature: float | None = None  # None: the backend's default
+    max_tokens: int | None = None
+    images: list[str] = field(default_factory=list)  # data URLs for the user message
+
+
+WHOLE_PIECE_LEAD_S = 1.0  # whole pieces go out this far ahead, so the client can decode in time
 
 
 @dataclass
 class Response:
     generation: int
-    user_text: str
+    user_text: str | None  # None: a reply to the history as it stands
     setup: TurnSetup
     emit: Callable[[events.Event], Awaitable[None]]
     speech_end: float  # monotonic time the user stopped speaking: the latency reference
+    user_language: str = ""  # what the STT heard the user speak, if it detected it
     released: asyncio.Event = field(default_factory=asyncio.Event)
     resumed: asyncio.Event = field(default_factory=asyncio.Event)  # cleared while a barge-in is checked
     audio: asyncio.Queue[RenderedSpeech | None] = field(default_factory=asyncio.Queue)
@@ -68,8 +76,11 @@ class Response:
 
     def __post_init__(self) -> None:
         self.resumed.set()
-        self.turn.append(ChatMessage("user", self.user_text))
-        self.playout = Playout(self.setup.output_rate)
+        if self.user_text is not None:
+            self.turn.append(ChatMessage("user", self.user_text, images=list(self.setup.images)))
+        self.asked = list(self.turn)  # what the user asked: kept even when the reply is cut
+        lead = WHOLE_PIECE_LEAD_S if self.setup.frame_ms is None else LEAD_S
+        self.playout = Playout(self.setup.output_rate, lead_s=lead)
         self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
         self._filler_spoken = False
 
@@ -99,10 +110,12 @@ class Response:
 
     def history_messages(self, heard: str | None) -> list[ChatMessage]:
         """This turn for the history. After an interruption the reply is only what was heard, and
-        its tool exchanges go too: a call without its result would break the next request."""
+        its tool exchanges go too: a call without its result would break the next request. Images
+        stay out of the history: each frame is sent once, with the turn it came with."""
+        asked = [replace(message, images=[]) for message in self.asked]
         if heard is None:
-            return list(self.turn)
-        return [self.turn[0], ChatMessage("assistant", heard)] if heard else [self.turn[0]]
+            return asked + self.turn[len(self.asked) :]
+        return [*asked, ChatMessage("assistant", heard)] if heard else asked
 
     async def _write(self) -> None:
         setup = self.setup
@@ -111,10 +124,14 @@ class Response:
             for _ in range(MAX_TOOL_ROUNDS):
                 chunker, calls, text = SpeechChunker(), [], ""
                 messages = setup.history.for_llm(setup.language, self.turn)
-                stream = setup.backends.llm.stream(messages, tools=tools or None)
+                stream = setup.backends.llm.stream(
+                    messages, tools=tools or None, max_tokens=setup.max_tokens, temperature=setup.temperature
+                )
                 async with aclosing(stream):
                     async for item in stream:
-                        if isinstance(item, TextDelta):
+                        if isinstance(item, ReasoningDelta):
+                            await self.send(events.ReasoningDelta(item.text, self.generation))
+                        elif isinstance(item, TextDelta):
                             self.mark("llm_first_token")
                             text += item.text
                             await self.send(events.TextDelta(item.text, self.generation))
@@ -148,14 +165,17 @@ class Response:
             job = asyncio.ensure_future(setup.ask_client(call, self.generation))
         else:
             return f'{{"error": "no tool named {call.name}"}}'
+        await self.send(events.ToolStarted(call.id, call.name, call.arguments, self.generation))
         try:
             done, _ = await asyncio.wait({job}, timeout=FILLER_AFTER_S)
             if not done and not self._filler_spoken:
                 self._filler_spoken = True
                 self._pieces.put_nowait(FILLER)
-            return await job
+            result = await job
         finally:
             job.cancel()  # an interrupted reply does not keep its tools running
+        await self.send(events.ToolFinished(call.id, call.name, result, self.generation))
+        return result
 
     async def _synthesize(self) -> None:
         setup = self.setup

@@ -9,7 +9,11 @@ transcribed and a reply is prepared (LLM and TTS) while the VAD hangover runs; i
 on, that work is thrown away, otherwise it is released the moment the hangover ends.
 
 Barge-in: speech during a reply pauses the audio at once; if the speech turns out to hold words
-the reply is interrupted (history keeps what was heard), otherwise it resumes where it stopped.
+that qualify under ``BargeInRules`` the reply is interrupted (history keeps what was heard),
+otherwise it resumes where it stopped.
+
+Besides the microphone, protocols may start turns themselves (``reply``: typed text, a decoded
+clip, or a manual ``response.create``), interrupt, stop listening and hold the reply audio.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import numpy as np
 
 from voxloop.audio.pcm import StreamResampler, pcm16_to_float
 from voxloop.backends import workers
-from voxloop.backends.llm.base import ToolCall, ToolSpec
+from voxloop.backends.llm.base import ChatMessage, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
+from voxloop.backends.stt.base import Transcript
 from voxloop.backends.tts.stream import frames
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.backends.tts.voices import UnknownLanguage
 from voxloop.engine import events
+from voxloop.engine.barge_in import FILLERS, BargeInRules, meaningful_words
 from voxloop.engine.echo import RATE as VAD_RATE  # one 16 kHz clock: VAD, echo guard, STT
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
@@ -48,29 +54,32 @@ CLIENT_STALL_S = 10.0  # a client that reads nothing for this long is dropped
 AUDIO_SLICE = 2048  # input is processed in slices, so a huge frame cannot wrap the echo rings
 IDLE_TICK_S = 0.1  # how often a client's silence (no audio sent at all) is checked
 IDLE_GAP_S = 0.3  # no audio for this long means the client stopped sending, not network jitter
-FILLERS = frozenset(
-    {"uh", "um", "umm", "hmm", "hm", "mm", "mhm", "mm-hmm", "uh-huh", "ah", "oh", "er", "erm"}
-)
+MAX_IMAGES = 4  # visual context frames given with a user message
 
 
 @dataclass
 class SessionConfig:
     prompt: str = "You are a helpful voice assistant."
     voice: str | None = None
-    language: str = "en"
+    language: str = "en"  # the reply's language (and the STT's, unless detect_language)
+    detect_language: bool = False  # the STT detects what the user speaks
+    follow_language: bool = True  # with detect_language: reply in the detected language
     speed: float = 1.0
     visemes: bool = False
     input_rate: int = 44100
     output_rate: int = 44100
     max_context_messages: int = 20
     client_tools: list[ToolSpec] = field(default_factory=list)
+    temperature: float | None = None  # None: the LLM backend's default
+    max_tokens: int | None = None
     turn: SegmenterConfig = field(default_factory=SegmenterConfig)
+    barge_in: BargeInRules = field(default_factory=BargeInRules)
+    auto_reply: bool = True  # False: a finished turn is only transcribed and added to the history
+    frame_ms: int | None = 40  # reply audio frames; None: one AudioOut per spoken piece
     speculate_after_s: float = 0.1  # silence after which a reply is prepared speculatively
-    barge_check_every_s: float = 0.3  # how often paused-for-barge-in speech is transcribed
-    max_pause_s: float = 2.0  # speech without words this long (noise, music) lets the reply go on
     partials: bool = False  # transcribe the utterance under way now and then (costs STT time)
     partial_every_s: float = 0.7
-    min_words: int = 1  # words (fillers aside) an utterance needs to interrupt or start a turn
+    min_words: int = 1  # words (fillers aside) an utterance needs to start a turn
     filler_words: frozenset[str] = FILLERS
 
 
@@ -112,6 +121,11 @@ class Session:
         self.paused_at = 0  # segmenter position where the current reply was paused
         self.last_voiced_at = time.monotonic()
         self.last_audio_at = time.monotonic()
+        self.last_barge_at = -float("inf")
+        self.listening = True
+        self.output_open = asyncio.Event()  # cleared while the client holds reply audio
+        self.output_open.set()
+        self.images: list[str] = []
         self.tool_waiters: dict[str, asyncio.Future[str]] = {}
         self.closed = False
         self.idle_watch = self._spawn(self._fill_silence())
@@ -139,6 +153,9 @@ class Session:
         self.history.max_messages = config.max_context_messages
         if "input_rate" in changes:
             self.resampler = StreamResampler(config.input_rate, VAD_RATE)
+        if "turn" in changes:
+            vad = self.backends.vad
+            self.segmenter = UtteranceSegmenter(self.segmenter.vad, vad.frame_samples, config.turn, VAD_RATE)
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -147,7 +164,49 @@ class Session:
         self.last_audio_at = time.monotonic()
         samples = self.resampler.process(pcm16_to_float(pcm))
         for start in range(0, len(samples), AUDIO_SLICE):
-            await self._consume(self.echo.process(samples[start : start + AUDIO_SLICE]))
+            cleaned = self.echo.process(samples[start : start + AUDIO_SLICE])
+            if self.listening:
+                await self._consume(cleaned)
+
+    async def reply(self, text: str | None) -> int:
+        """A turn that did not come from the microphone: typed text, a decoded clip, or (None) a
+        reply to the history as it stands. Cuts whatever is playing; returns the generation."""
+        self._drop_pending()
+        if self.current is not None:
+            await self._interrupt(self.current, "new_input")
+        self.generation += 1
+        response = Response(self.generation, text, self._setup(), self.emit, time.monotonic())
+        response.start()
+        await self._release(response)
+        return response.generation
+
+    def add_message(self, role: str, text: str) -> ChatMessage:
+        """A message for the context without a reply (a client-side conversation item)."""
+        message = ChatMessage(role, text)
+        self.history.extend([message])
+        return message
+
+    async def interrupt(self, reason: str = "client") -> None:
+        self._drop_pending()
+        if self.current is not None:
+            await self._interrupt(self.current, reason)
+
+    def set_listening(self, on: bool) -> None:
+        """Off: the microphone is ignored (the utterance under way is dropped)."""
+        self.listening = on
+        if not on:
+            self._drop_pending()
+            self.segmenter.reset()
+
+    def pause_output(self) -> None:
+        self.output_open.clear()
+
+    def resume_output(self) -> None:
+        self.output_open.set()
+
+    def set_images(self, images: list[str]) -> None:
+        """Visual context (data URLs) for the next user message, if the LLM accepts images."""
+        self.images = list(images[-MAX_IMAGES:]) if self.backends.llm.accepts_images else []
 
     async def _fill_silence(self) -> None:
         """Clients may stop sending audio between utterances (Lokutor's docs advise it): their
@@ -213,6 +272,7 @@ class Session:
 
     async def close(self) -> None:
         self.closed = True
+        self.output_open.set()
         self._drop_pending()
         if self.current is not None:
             await self.current.cancel()
@@ -242,7 +302,7 @@ class Session:
 
     async def _on_speech_started(self, event: SpeechStarted) -> None:
         await self.emit(events.SpeechStarted(event.at_sample / VAD_RATE))
-        if self.current is not None:
+        if self.current is not None and self.config.barge_in.enabled:
             self._pause(self.current)  # words will confirm the barge-in
         else:
             await self.emit(events.StatusChanged("listening", self.generation))
@@ -274,17 +334,30 @@ class Session:
     async def _turn(self, pending: PendingTurn) -> None:
         response: Response | None = None
         try:
-            text = await self._transcribe(pending.audio)
+            transcript = await self.transcribe(pending.audio)
+            text = transcript.text
             stt_done = time.monotonic() - pending.speech_end
-            if not self._has_words(text):
+            over_reply = self.current is not None and not self.current.resumed.is_set()
+            if not self._has_words(text) or (over_reply and not self._may_barge(transcript)):
                 await pending.committed.wait()
                 if self.current is not None and not self.segmenter.speaking:
-                    self.current.resumed.set()  # a cough or a slam: the reply goes on
+                    self.current.resumed.set()  # a cough, a slam or an "um": the reply goes on
                 return
-            if self.current is not None and not self.current.resumed.is_set():
-                await self._interrupt(self.current)  # words over the reply: a real barge-in
+            if over_reply and self.current is not None:
+                await self._interrupt(self.current, "barge_in")  # words over the reply
+            self._follow_language(transcript.language)
+            if not self.config.auto_reply:
+                await pending.committed.wait()
+                await self.emit(
+                    events.TranscriptFinal(
+                        "user", text.strip(), self.generation, language=transcript.language
+                    )
+                )
+                self.add_message("user", text.strip())
+                return
             self.generation += 1
             response = Response(self.generation, text.strip(), self._setup(), self.emit, pending.speech_end)
+            response.user_language = transcript.language
             response.timings["stt_final"] = stt_done
             response.start()
             await pending.committed.wait()
@@ -316,23 +389,41 @@ class Session:
 
     async def _send_partial(self, audio: np.ndarray) -> None:
         try:
-            text = (await self._transcribe(audio)).strip()
+            transcript = await self.transcribe(audio)
+            text = transcript.text.strip()
             if text and self.segmenter.speaking:
-                await self.emit(events.TranscriptPartial(text))
+                await self.emit(events.TranscriptPartial(text, transcript.confidence))
         finally:
             self.partial = None
 
     def _has_words(self, text: str) -> bool:
-        """Words that mean something: a cough transcribes as nothing, a backchannel as fillers."""
-        words = [w.strip(".,!?;:-'\"").lower() for w in text.split()]
-        return sum(1 for w in words if w and w not in self.config.filler_words) >= self.config.min_words
+        return len(meaningful_words(text, self.config.filler_words)) >= self.config.min_words
 
-    async def _transcribe(self, audio: np.ndarray) -> str:
+    def _may_barge(self, transcript: Transcript) -> bool:
+        rules = self.config.barge_in
+        cooled = time.monotonic() - self.last_barge_at >= rules.cooldown_s
+        return rules.enabled and cooled and rules.qualifies(transcript)
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        """16 kHz float32 audio -> text, in the session's language or, with detect_language, any."""
+        config = self.config
+        language = None if config.detect_language else config.language
         if audio.size == 0:
-            return ""
-        stt, language = self.backends.stt, self.config.language
-        transcript = await workers.run_in(workers.SPEECH, lambda: stt.transcribe(audio, language))
-        return transcript.text
+            return Transcript("", language or "", 0.0, confidence=0.0)
+        stt = self.backends.stt
+        return await workers.run_in(workers.SPEECH, lambda: stt.transcribe(audio, language))
+
+    def _follow_language(self, spoken: str) -> None:
+        """With detect_language and follow_language the reply (voice included) follows the user."""
+        config = self.config
+        if not (config.detect_language and config.follow_language) or spoken in ("", config.language):
+            return
+        if spoken not in self.backends.speaker.languages():
+            return  # a language we cannot speak: answer in the current one
+        try:
+            self.configure(language=spoken)
+        except ValueError:
+            self.configure(voice=None, language=spoken)  # the voice cannot: the language's own
 
     def _setup(self) -> TurnSetup:
         config = self.config
@@ -346,19 +437,31 @@ class Session:
             server_tools=self.server_tools,
             client_tools=list(config.client_tools),
             ask_client=self._ask_client,
+            frame_ms=config.frame_ms,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            images=list(self.images),
         )
 
     async def _release(self, response: Response) -> None:
+        if self.current is not None and not self.config.barge_in.enabled and self.player is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(self.player)  # no barge-in: the new reply waits its turn
         if self.current is not None:
-            await self._interrupt(self.current)
+            await self._interrupt(self.current, "new_input")
         if self.closed:  # closed while we waited: nothing may keep this reply running
             await response.cancel()
             return
         self.current = response
         self.oldest_live_generation = response.generation
-        if self.segmenter.speaking:
+        if self.segmenter.speaking and self.config.barge_in.enabled:
             self._pause(response)  # the user is talking again: do not talk over them
-        await self.emit(events.TranscriptFinal("user", response.user_text, response.generation))
+        if response.user_text is not None:
+            await self.emit(
+                events.TranscriptFinal(
+                    "user", response.user_text, response.generation, language=response.user_language
+                )
+            )
         await self.emit(events.StatusChanged("thinking", response.generation))
         await response.release()
         self.player = self._spawn(self._play(response))
@@ -373,50 +476,56 @@ class Session:
         current = self.current
         if current is None or current.resumed.is_set() or self.barge_check is not None:
             return
-        position = self.segmenter.position
-        if position - self.paused_at > self.config.max_pause_s * VAD_RATE:
-            current.resumed.set()  # long speech with no words in it: not an interruption
+        position, rules = self.segmenter.position, self.config.barge_in
+        if position - self.paused_at > rules.window_s * VAD_RATE:
+            current.resumed.set()  # long speech with no qualifying words: not an interruption
             return
-        if position - self.barge_checked_at < self.config.barge_check_every_s * VAD_RATE:
+        if position - self.barge_checked_at < rules.check_every_s * VAD_RATE:
             return
         self.barge_checked_at = position
         self.barge_check = self._spawn(self._check_barge_in(current, self.segmenter.utterance_audio()))
 
     async def _check_barge_in(self, response: Response, audio: np.ndarray) -> None:
         try:
-            if self._has_words(await self._transcribe(audio)) and self.current is response:
-                await self._interrupt(response)
+            if self._may_barge(await self.transcribe(audio)) and self.current is response:
+                await self._interrupt(response, "barge_in")
         finally:
             self.barge_check = None
 
-    async def _interrupt(self, response: Response) -> None:
+    async def _interrupt(self, response: Response, reason: str) -> None:
         if self.current is not response:
             return
         self.current = None
         INTERRUPTIONS.inc()
+        if reason == "barge_in":
+            self.last_barge_at = time.monotonic()
         self.oldest_live_generation = response.generation + 1  # drop its queued audio
         if self.player is not None and self.player is not asyncio.current_task():
             self.player.cancel()
         await response.cancel()
+        await self.emit(events.Interrupted(response.generation, reason))
         await self.emit(events.StatusChanged("interrupted", response.generation))
         await self._finish(response, interrupted=True)
 
     # ---- playout -------------------------------------------------------------------------
 
     async def _play(self, response: Response) -> None:
-        rate, playout, first = response.setup.output_rate, response.playout, True
+        setup, playout, first = response.setup, response.playout, True
+        rate, index = setup.output_rate, -1
         while (speech := await response.audio.get()) is not None:
+            index += 1
             start = playout.sent_s
             playout.add_text(start, start + speech.duration, speech.text)
             if self.config.visemes:
                 marks = visemes_for(speech.text, speech.duration, start, speech.audio)
                 await self.emit(events.Visemes(marks, response.generation))
             reference_at = 0
-            for frame in frames(speech.pcm, rate):
-                await response.resumed.wait()
+            chunks = [speech.pcm] if setup.frame_ms is None else frames(speech.pcm, rate, setup.frame_ms)
+            for frame in chunks:
+                await self._may_play(response)
                 if delay := playout.wait_before_next(time.monotonic()):
                     await asyncio.sleep(delay)
-                    await response.resumed.wait()
+                    await self._may_play(response)
                 now = time.monotonic()
                 if first:
                     first = False
@@ -428,19 +537,27 @@ class Session:
                 piece = speech.reference[reference_at : reference_at + count]
                 self.echo.add_reference(piece, starts_at - now, contiguous)
                 reference_at += count
-                await self.emit(events.AudioOut(frame, response.generation))
+                await self.emit(events.AudioOut(frame, response.generation, speech.text, index))
         await asyncio.sleep(max(0.0, playout.ends_at - time.monotonic()))
         if self.current is response:
             self.current = None
             await self._finish(response, interrupted=False)
             await self.emit(events.StatusChanged("listening", response.generation))
 
+    async def _may_play(self, response: Response) -> None:
+        await response.resumed.wait()  # not paused for a barge-in check
+        await self.output_open.wait()  # nor held by the client
+
     async def _finish(self, response: Response, interrupted: bool) -> None:
         heard = response.playout.heard_text() if interrupted else None
         self.history.extend(response.history_messages(heard))
         text = heard if heard is not None else response.text.strip()
         if text:
-            await self.emit(events.TranscriptFinal("assistant", text, response.generation, interrupted))
+            await self.emit(
+                events.TranscriptFinal(
+                    "assistant", text, response.generation, interrupted, response.setup.language
+                )
+            )
         for stage, seconds in response.timings.items():
             TURN_LATENCY.labels(stage).observe(max(seconds, 0.0))
         millis = {stage: round(seconds * 1000) for stage, seconds in response.timings.items()}

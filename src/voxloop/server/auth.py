@@ -72,14 +72,11 @@ class KeyCheck:
         return info
 
     def accepts(self, key: str | None) -> bool:
+        """A raw key, for protocols that carry it in a message (Soca's token, Socket.IO's auth)."""
         return self.identify(key) is not None
 
     def allows(self, connection: HTTPConnection) -> bool:
         return self.identify(self.key_of(connection)) is not None
-
-    def is_operator(self, info: KeyInfo) -> bool:
-        """Configuration keys (and anyone on an open server) may read every session's history."""
-        return not info.stored
 
 
 def require_key(request: Request) -> None:

@@ -27,6 +27,7 @@ class ChatMessage:
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
+    images: list[str] = field(default_factory=list)  # data URLs, for models that accept images
 
 
 @dataclass
@@ -34,7 +35,14 @@ class TextDelta:
     text: str
 
 
-LlmEvent = TextDelta | ToolCall
+@dataclass
+class ReasoningDelta:
+    """Thinking text of reasoning models (``reasoning_content``): shown, never spoken."""
+
+    text: str
+
+
+LlmEvent = TextDelta | ReasoningDelta | ToolCall
 
 
 class LlmError(RuntimeError):
@@ -43,6 +51,7 @@ class LlmError(RuntimeError):
 
 class LanguageModel(Protocol):
     name: str
+    accepts_images: bool  # whether ChatMessage.images reach the model
 
     def stream(
         self,

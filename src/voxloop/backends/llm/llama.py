@@ -48,6 +48,7 @@ class LlamaLlm:
             choices = ", ".join(sorted(LLM_MODELS))
             raise ValueError(f"unknown llm_model {settings.llm_model!r}; choose {choices} or a .gguf path")
         self.name = f"llama:{Path(settings.llm_model).name}"
+        self.accepts_images = False  # the embedded models read text only
         self._llama: Llama | None = None
         self._load_lock = threading.Lock()
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import httpx
 
-from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.llm.base import (
+    ChatMessage,
+    LlmError,
+    LlmEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
 from voxloop.config import Settings
 
 
@@ -32,6 +40,11 @@ def openai_messages(messages: list[ChatMessage], arguments_as_json: bool = True)
     rendered: list[dict[str, Any]] = []
     for message in messages:
         item: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.images:
+            item["content"] = [
+                {"type": "text", "text": message.content},
+                *({"type": "image_url", "image_url": {"url": url}} for url in message.images),
+            ]
         if message.tool_calls:
             item["tool_calls"] = [
                 {
@@ -55,6 +68,7 @@ class OpenAiLlm:
 
     def __init__(self, settings: Settings) -> None:
         self.name = f"openai:{settings.llm_remote_model}"
+        self.accepts_images = settings.llm_vision
         self._settings = settings
         self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
         headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
@@ -131,6 +145,9 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[LlmEvent]:
             raise LlmError(f"LLM server reported an error mid-stream: {chunk['error']}")
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                yield ReasoningDelta(reasoning)
             if delta.get("content"):
                 yield TextDelta(delta["content"])
             for part in delta.get("tool_calls") or ():

@@ -23,6 +23,7 @@ class Transcript:
     duration: float
     segments: list[Segment] = field(default_factory=list)
     engine: str = ""
+    confidence: float = 1.0  # 0..1: how sure the model is of the words (1.0 when it cannot tell)
 
 
 class SpeechToText(Protocol):

@@ -138,17 +138,28 @@ class WhisperStt:
             without_timestamps=not timestamps,
             hotwords=", ".join(keyterms) if keyterms else None,
         )
-        segments = [
-            Segment(round(piece.start, 3), round(min(piece.end, duration), 3), piece.text.strip())
+        kept = [
+            piece
             for piece in pieces
             # A prompt of keyterms lets Whisper "hear" one in noise with a confident log-prob,
             # which would pass faster-whisper's own no-speech test; trust no_speech_prob alone.
             if piece.text.strip() and not (keyterms and piece.no_speech_prob > NO_SPEECH)
         ]
+        segments = [
+            Segment(round(piece.start, 3), round(min(piece.end, duration), 3), piece.text.strip())
+            for piece in kept
+        ]
+        # The mean token probability of the words, discounted by the chance there was no speech.
+        confidence = (
+            float(np.mean([np.exp(piece.avg_logprob) * (1.0 - piece.no_speech_prob) for piece in kept]))
+            if kept
+            else 0.0
+        )
         return Transcript(
             text=" ".join(segment.text for segment in segments),
             language=info.language,
             duration=duration,
             segments=segments,
             engine=model.engine,
+            confidence=round(confidence, 3),
         )

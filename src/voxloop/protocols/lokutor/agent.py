@@ -23,9 +23,9 @@ from voxloop.audio.pcm import AudioFormatError
 from voxloop.backends.llm.base import ChatMessage
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
-from voxloop.engine.segmenter import SegmenterConfig
-from voxloop.engine.session import Session, SessionConfig
-from voxloop.engine.tools import builtin_tools, parse_client_tools
+from voxloop.engine.session import Session
+from voxloop.engine.tools import parse_client_tools
+from voxloop.protocols.common import new_session, run_session
 from voxloop.protocols.lokutor.common import check_sample_rate, parse_json
 from voxloop.server.guard import lease_of
 from voxloop.server.limits import LimitExceeded
@@ -204,30 +204,8 @@ def _flag(value: object, field: str) -> bool:
 
 
 async def serve_agent(websocket: WebSocket, backends: Backends) -> None:
-    settings = backends.settings
-    turn = SegmenterConfig(
-        hangover_ms=settings.turn_hangover_ms,
-        min_speech_ms=settings.turn_min_speech_ms,
-        pre_roll_ms=settings.turn_pre_roll_ms,
-    )
-    config = SessionConfig(voice=settings.default_voice, language=settings.default_language, turn=turn)
-    session = Session(backends, config, builtin_tools.subset(settings.server_tools))
+    session = new_session(backends)
     agent = LokutorAgent(websocket, session)
-    # Whichever ends first ends the session: the client leaving, the client no longer reading
-    # (a stalled socket must not hold the models), or the event stream failing.
-    tasks = [
-        asyncio.create_task(agent.receive()),
-        asyncio.create_task(agent.forward_events()),
-        asyncio.create_task(session.stalled.wait()),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await session.close()
-        if session.stalled.is_set():
-            with contextlib.suppress(Exception):
-                await websocket.close(code=1008, reason="client stopped reading")
+    if await run_session(session, agent.receive(), agent.forward_events()):
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1008, reason="client stopped reading")
