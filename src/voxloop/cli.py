@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def serve(args: argparse.Namespace) -> int:
         ws_ping_timeout=20,
         timeout_graceful_shutdown=settings.drain_timeout_s + 5,
     )
+    # uvicorn re-raises the SIGTERM it drained for once it is done; by then the shutdown was clean,
+    # so the process exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     DrainingServer(config).run()
     return 0
 

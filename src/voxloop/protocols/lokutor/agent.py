@@ -20,7 +20,6 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxloop.audio.pcm import AudioFormatError
-from voxloop.backends.llm.base import ChatMessage
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
@@ -44,9 +43,8 @@ class LokutorAgent:
         self.lease = lease_of(websocket)
         self.session_id = self.lease.session_id if self.lease else None
         store = getattr(websocket.app.state, "history", None)
-        self.remember = None
-        if store is not None and self.lease is not None:
-            self.remember = store.listener(self.session_id, self.lease.key.id, self.report)
+        if store is not None and self.lease is not None:  # every committed turn goes to disk
+            session.history.listeners.append(store.listener(self.session_id, self.lease.key.id, self.report))
         self.reports: set[asyncio.Task[None]] = set()
 
     def report(self, message: str) -> None:
@@ -159,8 +157,6 @@ class LokutorAgent:
                 case events.StatusChanged(status=status, generation=generation):
                     await self.send_json({"type": "status", "data": status, "generation": generation})
                 case events.TranscriptFinal(role=role, text=text, generation=generation):
-                    if self.remember is not None:
-                        self.remember([ChatMessage(role, text)])  # a committed turn: to disk
                     await self.send_json(
                         {"type": "transcript", "data": text, "role": role, "generation": generation}
                     )
