@@ -180,9 +180,12 @@ def main() -> None:
             server.stop()
     elapsed = results.now()
     rows = windows(results, args.window_s, elapsed)
-    # Memory after the first window (models loaded, every session open) against the end of the run.
-    settled = [mb for at, mb in results.memory if at >= min(args.window_s, elapsed / 2)]
-    growth = (settled[-1] - settled[0]) / settled[0] * 100 if len(settled) > 1 else None
+    # Memory once settled (the second window: models loaded, every session open) against the last window;
+    # medians, since RSS breathes by tens of MB with each reply.
+    end = results.memory[-1][0] if results.memory else 0.0
+    settled = [mb for at, mb in results.memory if args.window_s <= at < 2 * args.window_s]
+    last = [mb for at, mb in results.memory if at >= end - args.window_s]
+    growth = (np.median(last) - np.median(settled)) / np.median(settled) * 100 if settled and last else None
     summary_json = {
         "sessions": args.sessions,
         "minutes": args.minutes,
@@ -197,7 +200,7 @@ def main() -> None:
             "start": results.memory[0][1] if results.memory else None,
             "max": max(mb for _, mb in results.memory) if results.memory else None,
             "end": results.memory[-1][1] if results.memory else None,
-            "growth_after_first_window_pct": growth,
+            "growth_pct": None if growth is None else float(growth),
         },
         "server_alive_at_end": server_alive,
         "windows": rows,
