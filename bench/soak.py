@@ -95,11 +95,11 @@ def converse(
         client.close()
 
 
-def sample_memory(server: RunningServer, until: float, results: Results, every_s: float) -> None:
-    while time.monotonic() < until:
+def sample_memory(server: RunningServer, done: threading.Event, results: Results, every_s: float) -> None:
+    while not done.is_set():  # until the last conversation has finished its turn
         with results.lock:
             results.memory.append((results.now(), server.rss_mb()))
-        time.sleep(every_s)
+        done.wait(every_s)
 
 
 def windows(results: Results, window_s: float, duration_s: float) -> list[dict]:
@@ -164,10 +164,12 @@ def main() -> None:
             results = Results()
             duration = args.minutes * 60
             until = time.monotonic() + duration
+            done = threading.Event()
+            sampler = threading.Thread(
+                target=sample_memory, args=(server, done, results, args.memory_every_s)
+            )
+            sampler.start()
             threads = [
-                threading.Thread(target=sample_memory, args=(server, until, results, args.memory_every_s))
-            ]
-            threads += [
                 threading.Thread(target=converse, args=(server, audio, until, results, seed))
                 for seed in range(args.sessions)
             ]
@@ -175,6 +177,8 @@ def main() -> None:
                 thread.start()
             for thread in threads:
                 thread.join()
+            done.set()
+            sampler.join()
             server_alive = server.process.poll() is None
         finally:
             server.stop()
