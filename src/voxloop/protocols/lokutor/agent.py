@@ -24,10 +24,9 @@ from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
-from voxloop.protocols.common import new_session, run_session
+from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
 from voxloop.protocols.lokutor.common import check_sample_rate, parse_json
 from voxloop.server.guard import lease_of
-from voxloop.server.limits import LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,7 @@ class LokutorAgent:
         self.sending = asyncio.Lock()  # replies and event forwarding share one socket
         self.lease = lease_of(websocket)
         self.session_id = self.lease.session_id if self.lease else None
-        store = getattr(websocket.app.state, "history", None)
-        if store is not None and self.lease is not None:  # every committed turn goes to disk
-            session.history.listeners.append(store.listener(self.session_id, self.lease.key.id, self.report))
+        keep_history(session, websocket.app.state, self.lease, self.report)
         self.reports: set[asyncio.Task[None]] = set()
 
     def report(self, message: str) -> None:
@@ -137,15 +134,10 @@ class LokutorAgent:
 
     async def within_audio_limit(self, seconds: float) -> bool:
         """Over the key's audio budget the frame is dropped and the client told (once a second)."""
-        if self.lease is None:
-            return True
-        try:
-            self.lease.audio(seconds)
-            return True
-        except LimitExceeded as exc:
-            if self.lease.report_due():
-                await self.error(exc.message)
-            return False
+        admitted, refusal = admit_audio(self.lease, seconds)
+        if refusal:
+            await self.error(refusal)
+        return admitted
 
     async def forward_events(self) -> None:
         while True:
