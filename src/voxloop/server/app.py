@@ -110,9 +110,11 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             raise ApiError(404, "not_found", f"no conversation history for session {session_id!r}")
         return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in found[1]]})
 
-    def websocket_route(path: str, handler: Handler, error_shape: Callable[[str], str]) -> None:
+    def websocket_route(
+        path: str, handler: Handler, error_shape: Callable[[str], str], subprotocol: str | None = None
+    ) -> None:
         """Origin, key, limits, revocation and drain for ``handler``: see server/guard.py."""
-        app.router.add_websocket_route(path, GuardedRoute(path, handler, error_shape))
+        app.router.add_websocket_route(path, GuardedRoute(path, handler, error_shape, subprotocol))
 
     def json_error(message: str) -> str:
         return json.dumps({"type": "error", "data": message})
@@ -121,7 +123,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
     websocket_route("/ws/stt", serve_stt, json_error)
     websocket_route("/ws/agent", serve_agent, json_error)
-    app.add_api_websocket_route(realtime.PATH, realtime.realtime_endpoint)  # own auth: key subprotocol
+    websocket_route(realtime.PATH, realtime.serve_realtime, realtime.error_shape, realtime.SUBPROTOCOL)
     for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
         app.add_api_websocket_route(path, soca_endpoint)
     mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
