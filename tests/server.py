@@ -59,7 +59,13 @@ def start_server(
 ) -> RunningServer:
     port = free_port()
     log_path = log_dir / f"voxloop-{port}.log"
-    environment = {**os.environ, "VOXLOOP_API_KEYS": api_key, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment = {
+        **os.environ,
+        "VOXLOOP_API_KEYS": api_key,
+        "VOXLOOP_DATA_DIR": str(log_dir),  # its own key store and history
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "voxloop.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log_path.open("wb"),

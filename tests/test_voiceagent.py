@@ -29,8 +29,8 @@ from tests.speech import espeak_wav, word_error_rate
 from tests.voiceagent_client import VoiceAgentClient, b64, decode, encode
 from voxloop.audio.pcm import float_to_pcm16
 from voxloop.engine.tools import builtin_tools
-from voxloop.protocols.voiceagent.frames import MAX_FRAME_BYTES, FrameRejected, parse_frame, sniff
-from voxloop.protocols.voiceagent.wire import audio_format
+from voxloop.protocols.voice_agent.frames import MAX_FRAME_BYTES, FrameRejected, parse_frame, sniff
+from voxloop.protocols.voice_agent.wire import audio_format
 
 QUESTION = "What is the capital of France?"
 STORY = "Tell me a very long story about a dragon and a knight, with at least ten sentences."

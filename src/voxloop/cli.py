@@ -1,10 +1,11 @@
-"""The ``voxloop`` command: serve, say, transcribe."""
+"""The ``voxloop`` command: serve, keys, say, transcribe."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,18 +23,66 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     redact_uvicorn_logs()
-    host = args.host or settings.host
-    port = args.port or settings.port
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT: stop accepting, tell open sessions (1001) and let them close, and only
+        then let uvicorn cut what is left (it would close every socket at once with 1012)."""
+
+        async def shutdown(self, sockets: list | None = None) -> None:
+            for server in self.servers:
+                server.close()
+            await app.state.limits.drain(settings.drain_timeout_s)
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
         log_level=args.log_level,
-        ws_max_size=4 << 20,  # one WebSocket message; audio frames and JSON are far smaller
+        ws_max_size=settings.max_message_bytes,  # uvicorn closes with 1009 above it
         ws_ping_interval=20,
         ws_ping_timeout=20,
+        timeout_graceful_shutdown=settings.drain_timeout_s + 5,
     )
+    # uvicorn re-raises the SIGTERM it drained for once it is done; by then the shutdown was clean,
+    # so the process exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    DrainingServer(config).run()
     return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    from voxloop.server.keys import KeyStore
+
+    store = KeyStore(Settings().keys_path)
+    if args.action == "create":
+        key, info = store.create(args.name, args.max_sessions, args.rate, args.audio_per_min)
+        print(key)
+        print(f"created key {info.id} ({info.name or 'unnamed'}); it is shown only once", file=sys.stderr)
+    elif args.action == "list":
+        print(f"{'id':8}  {'name':20}  {'created':19}  {'revoked':19}  sessions  msg/s  audio s/min")
+        # "-": the server's default (VOXLOOP_KEY_*), unlimited unless configured
+        for info in store.list():
+            print(
+                f"{info.id:8}  {info.name[:20]:20}  {_when(info.created_at):19}  {_when(info.revoked_at):19}"
+                f"  {_limit(info.limits.max_sessions):>8}  {_limit(info.limits.messages_per_s):>5}"
+                f"  {_limit(info.limits.audio_s_per_min):>11}"
+            )
+    else:
+        if not args.id:
+            raise ValueError("revoke needs a key id (see 'voxloop keys list')")
+        info = store.revoke(args.id)
+        print(f"revoked key {info.id} ({info.name or 'unnamed'}); its open sessions end within seconds")
+    return 0
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def _limit(value: float) -> str:
+    return f"{value:g}" if value else "-"
 
 
 def say(args: argparse.Namespace) -> int:
@@ -74,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="default VOXLOOP_PORT or 8080")
     p.add_argument("--log-level", default=os.environ.get("VOXLOOP_LOG_LEVEL", "info"))
     p.set_defaults(run=serve)
+
+    p = commands.add_parser("keys", help="manage API keys (stored as digests in VOXLOOP_DATA_DIR)")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("id", nargs="?", help="revoke: the key id (or a unique prefix)")
+    p.add_argument("--name", default="", help="create: a label for the key")
+    p.add_argument("--max-sessions", type=int, help="create: open sessions (0 = unlimited)")
+    p.add_argument("--rate", type=float, help="create: client messages per second (0 = unlimited)")
+    p.add_argument("--audio-per-min", type=float, help="create: audio seconds per minute (0 = unlimited)")
+    p.set_defaults(run=keys)
 
     p = commands.add_parser("say", help="synthesise text to a WAV file")
     p.add_argument("text")

@@ -25,6 +25,11 @@ def _default_cache_dir() -> Path:
     return Path(base) / "voxloop"
 
 
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "voxloop"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOXLOOP_", extra="ignore")
 
@@ -36,6 +41,23 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled model files.")
     warmup: bool = True
+    data_dir: Path = Field(default_factory=_default_data_dir, description="API keys and history (SQLite).")
+    keys_db: Path | None = Field(None, description="API key store; default <data_dir>/keys.db.")
+    history_db: Path | None = Field(None, description="Conversation history; default <data_dir>/history.db.")
+    history_enabled: bool = True
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed (CORS, WebSocket Origin); empty: no CORS, any origin.",
+    )
+
+    # --- limits: per API key (0 = unlimited; a stored key may carry its own) and per session ---
+    key_max_sessions: int = Field(0, ge=0, description="Open sessions per key.")
+    key_messages_per_s: float = Field(0, ge=0, description="Client messages per second per key.")
+    key_audio_s_per_min: float = Field(0, ge=0, description="Seconds of audio per minute per key.")
+    max_message_bytes: int = Field(4 << 20, ge=1024, description="Largest WebSocket message.")
+    max_session_s: float = Field(4 * 3600, ge=0, description="Longest session (0 = unlimited).")
+    idle_timeout_s: float = Field(600, ge=0, description="A session with no client message this long ends.")
+    drain_timeout_s: float = Field(5, ge=0, description="On SIGTERM, time given to sessions to close.")
 
     # --- speech-to-text (faster-whisper, CTranslate2 directories) ---
     stt_model_en: str = Field("tiny.en", description="'tiny.en' (embedded) or a CTranslate2 dir.")
@@ -72,7 +94,21 @@ class Settings(BaseSettings):
         description="Built-in server-side tools to offer the LLM, e.g. get_current_time.",
     )
 
-    @field_validator("api_keys", "server_tools", mode="before")
+    # --- Soca voice WebSocket (seed 003): barge-in gate defaults and reconnects ---
+    soca_barge_enabled: bool = True
+    soca_min_partial_chars: int = Field(10, description="Characters a partial needs to barge in.")
+    soca_min_partial_words: int = Field(2, description="Words (fillers aside) a partial needs to barge in.")
+    soca_min_confidence: float = Field(0.30, description="STT confidence a partial needs to barge in.")
+    soca_speech_start_window_s: float = Field(1.5, description="Speech after VAD start to find words in.")
+    soca_barge_cooldown_s: float = Field(0.8, description="Minimum time between two barge-ins.")
+    soca_filler_words: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["uh", "um", "hmm", "eh", "ah", "ya", "yah"],
+        description="Words that never barge in.",
+    )
+    soca_resume_grace_s: float = Field(120.0, description="How long a closed session can be resumed.")
+    soca_resume_capacity: int = Field(1000, description="Closed sessions kept for resuming, at most.")
+
+    @field_validator("api_keys", "server_tools", "soca_filler_words", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -93,3 +129,11 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_db or self.data_dir / "keys.db"
+
+    @property
+    def history_path(self) -> Path:
+        return self.history_db or self.data_dir / "history.db"

@@ -49,6 +49,7 @@ class TurnSetup:
     client_tools: list[ToolSpec]
     ask_client: Callable[[ToolCall, int], Awaitable[str]]  # runs a client-side tool
     frame_ms: int | None = 40  # None: each spoken piece leaves whole
+    tool_filler: bool = True
     temperature: float | None = None  # None: the backend's default
     max_tokens: int | None = None
     images: list[str] = field(default_factory=list)  # data URLs for the user message
@@ -168,7 +169,7 @@ class Response:
         await self.send(events.ToolStarted(call.id, call.name, call.arguments, self.generation))
         try:
             done, _ = await asyncio.wait({job}, timeout=FILLER_AFTER_S)
-            if not done and not self._filler_spoken:
+            if not done and not self._filler_spoken and setup.tool_filler:
                 self._filler_spoken = True
                 self._pieces.put_nowait(FILLER)
             result = await job

@@ -75,6 +75,7 @@ class SessionConfig:
     turn: SegmenterConfig = field(default_factory=SegmenterConfig)
     barge_in: BargeInRules = field(default_factory=BargeInRules)
     auto_reply: bool = True  # False: a finished turn is only transcribed and added to the history
+    tool_filler: bool = True  # a tool slower than a second gets a spoken "One moment, please."
     frame_ms: int | None = 40  # reply audio frames; None: one AudioOut per spoken piece
     speculate_after_s: float = 0.1  # silence after which a reply is prepared speculatively
     partials: bool = False  # transcribe the utterance under way now and then (costs STT time)
@@ -337,7 +338,9 @@ class Session:
             transcript = await self.transcribe(pending.audio)
             text = transcript.text
             stt_done = time.monotonic() - pending.speech_end
-            over_reply = self.current is not None and not self.current.resumed.is_set()
+            # Any reply still playing (paused or not: a late transcript may come after the barge-in
+            # window let it resume) is cut only by words that pass the barge-in rules.
+            over_reply = self.current is not None and self.config.barge_in.enabled
             if not self._has_words(text) or (over_reply and not self._may_barge(transcript)):
                 await pending.committed.wait()
                 if self.current is not None and not self.segmenter.speaking:
@@ -438,6 +441,7 @@ class Session:
             client_tools=list(config.client_tools),
             ask_client=self._ask_client,
             frame_ms=config.frame_ms,
+            tool_filler=config.tool_filler,
             temperature=config.temperature,
             max_tokens=config.max_tokens,
             images=list(self.images),

@@ -1,17 +1,19 @@
-"""What every protocol adapter needs: a session set up from the server settings, and a loop that
-ends the session when the first of its tasks (client gone, client stalled, events failing) ends."""
+"""What every protocol adapter needs: a session set up from the server settings, a loop that
+ends the session when the first of its tasks (client gone, client stalled, events failing) ends,
+and the key's lease: its audio budget and the conversation history on disk."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session, SessionConfig
 from voxloop.engine.tools import builtin_tools
+from voxloop.server.limits import Lease, LimitExceeded
 
 
 def new_session(backends: Backends, **changes: Any) -> Session:
@@ -49,3 +51,26 @@ async def run_session(session: Session, *coroutines: Coroutine[Any, Any, None]) 
                 await task
         await session.close()
     return session.stalled.is_set()
+
+
+def keep_history(
+    session: Session, state: Any, lease: Lease | None, report: Callable[[str], object], session_id: str = ""
+) -> None:
+    """Every committed turn of ``session`` goes to the conversation store (when the server keeps
+    one), under ``session_id`` or the lease's; a failed write is ``report``-ed to the client."""
+    store = getattr(state, "history", None)
+    if store is not None and lease is not None:
+        listener = store.listener(session_id or lease.session_id, lease.key.id, report)
+        session.history.listeners.append(listener)
+
+
+def admit_audio(lease: Lease | None, seconds: float) -> tuple[bool, str | None]:
+    """Whether ``seconds`` of client audio fit the key's budget, and an error to tell the client
+    now (at most one a second: a flooding client is not answered frame by frame)."""
+    if lease is None:
+        return True, None
+    try:
+        lease.audio(seconds)
+        return True, None
+    except LimitExceeded as exc:
+        return False, exc.message if lease.report_due() else None

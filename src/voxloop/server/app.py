@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,10 +24,15 @@ from voxloop.protocols.lokutor.agent import serve_agent
 from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.protocols.realtime import endpoint as realtime
-from voxloop.protocols.voiceagent.agent import serve_video_agent, serve_voice_agent
-from voxloop.server.auth import KeyCheck
-from voxloop.server.errors import install_error_handlers
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.protocols.selam.server import mount_selam
+from voxloop.protocols.soca.voice import soca_endpoint
+from voxloop.protocols.voice_agent import agent as voice_agent
+from voxloop.server.auth import KeyCheck, require_key
+from voxloop.server.errors import ApiError, install_error_handlers
+from voxloop.server.guard import GuardedRoute
+from voxloop.server.history_store import ConversationStore
+from voxloop.server.keys import KeyLimits, KeyStore
+from voxloop.server.limits import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,11 @@ Handler = Callable[[WebSocket, Backends], Awaitable[None]]
 
 def create_app(settings: Settings | None = None, backends: Backends | None = None) -> FastAPI:
     settings = settings or Settings()
-    keys = KeyCheck(settings.api_keys)
+    defaults = KeyLimits(settings.key_max_sessions, settings.key_messages_per_s, settings.key_audio_s_per_min)
+    store = KeyStore(settings.keys_path, defaults)
+    keys = KeyCheck(settings.api_keys, store, defaults)
+    limits = Limiter(store, settings.max_session_s, settings.idle_timeout_s)
+    history = ConversationStore(settings.history_path) if settings.history_enabled else None
     builtin_tools.subset(settings.server_tools)  # a misspelt tool name fails at start, not per session
 
     @asynccontextmanager
@@ -46,8 +56,13 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         app.state.ready = asyncio.Event()
         app.state.load_error = None
         loading = asyncio.create_task(load(app))
+        limits.start()
         yield
         loading.cancel()
+        await limits.drain(settings.drain_timeout_s)  # without the CLI's server (tests, other ASGI hosts)
+        await limits.stop()
+        if history is not None:
+            history.close()
 
     async def load(app: FastAPI) -> None:
         try:
@@ -60,8 +75,17 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             log.exception("loading the models failed")
 
     app = FastAPI(title="voxloop", version=__version__, lifespan=lifespan)
-    app.state.keys = keys
+    app.state.keys, app.state.limits, app.state.history = keys, limits, history
+    app.state.cors_origins = [origin.rstrip("/") for origin in settings.cors_origins]
     install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=app.state.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+            expose_headers=["X-Voxloop-Session"],
+        )
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
@@ -78,21 +102,20 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
 
     app.include_router(lokutor_rest.router)
 
-    def websocket_route(path: str, handler: Handler, error_shape: Callable[[str], str]) -> None:
-        async def endpoint(websocket: WebSocket) -> None:
-            await websocket.accept()
-            if not keys.allows(websocket):
-                ERRORS.labels(path, "unauthorized").inc()
-                await websocket.send_text(error_shape("unauthorized: missing or invalid API key"))
-                await websocket.close(code=1008)
-                return
-            SESSIONS.labels(path).inc()
-            try:
-                await handler(websocket, websocket.app.state.backends)
-            finally:
-                SESSIONS.labels(path).dec()
+    @app.get("/v1/sessions/{session_id}", dependencies=[Depends(require_key)])
+    async def session_history(session_id: str, request: Request) -> JSONResponse:
+        found = await asyncio.to_thread(history.turns, session_id) if history else None
+        who = request.state.key
+        # A stored key sees its own sessions; configuration keys are the operator's and see all.
+        if found is None or (who.stored and found[0] != who.id):
+            raise ApiError(404, "not_found", f"no conversation history for session {session_id!r}")
+        return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in found[1]]})
 
-        app.add_api_websocket_route(path, endpoint)
+    def websocket_route(
+        path: str, handler: Handler, error_shape: Callable[[str], str], subprotocol: str | None = None
+    ) -> None:
+        """Origin, key, limits, revocation and drain for ``handler``: see server/guard.py."""
+        app.router.add_websocket_route(path, GuardedRoute(path, handler, error_shape, subprotocol))
 
     def json_error(message: str) -> str:
         return json.dumps({"type": "error", "data": message})
@@ -101,12 +124,11 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
     websocket_route("/ws/stt", serve_stt, json_error)
     websocket_route("/ws/agent", serve_agent, json_error)
-
-    def voice_agent_error(message: str) -> str:
-        return json.dumps({"type": "error", "message": message, "error": message})
-
-    websocket_route("/v1/voice-agent", serve_voice_agent, voice_agent_error)
-    websocket_route("/v1/video-agent", serve_video_agent, voice_agent_error)
-    app.add_api_websocket_route(realtime.PATH, realtime.realtime_endpoint)  # own auth: key subprotocol
+    websocket_route(realtime.PATH, realtime.serve_realtime, realtime.error_shape, realtime.SUBPROTOCOL)
+    websocket_route("/v1/voice-agent", voice_agent.serve_voice_agent, voice_agent.error_shape)
+    websocket_route("/v1/video-agent", voice_agent.serve_video_agent, voice_agent.error_shape)
+    for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
+        app.add_api_websocket_route(path, soca_endpoint)
+    mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app

@@ -1,24 +1,44 @@
-"""API keys: taken from the ``X-API-Key`` header, an ``Authorization: Bearer`` header, or the
-``api_key`` query parameter (browsers cannot set WebSocket headers)."""
+"""API keys: taken from the ``X-API-Key`` header, an ``Authorization: Bearer`` header, the
+``api_key`` query parameter or, as OpenAI's browser clients send it, a WebSocket subprotocol
+``openai-insecure-api-key.<key>`` (browsers cannot set WebSocket headers).
+
+Keys come from the configuration (``VOXLOOP_API_KEYS``, for development) and from the SQLite key
+store (``voxloop keys create``). With neither, every client is accepted as ``anonymous``.
+"""
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
+from collections import OrderedDict
 
 from starlette.requests import HTTPConnection, Request
 
 from voxloop.server.errors import ApiError
+from voxloop.server.keys import KeyInfo, KeyLimits, KeyStore, digest
+from voxloop.server.limits import LimitExceeded
 from voxloop.server.metrics import ERRORS
 
 log = logging.getLogger(__name__)
 
+CACHE_S = 2.0  # a revoked key is refused for new sessions within this (open ones: the Limiter)
+CACHE_SIZE = 1024
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
 
 class KeyCheck:
-    def __init__(self, keys: list[str]) -> None:
-        self._keys = [key.encode() for key in keys]
-        if not keys:
-            log.warning("VOXLOOP_API_KEYS is empty: every client is accepted without a key")
+    def __init__(
+        self, keys: list[str], store: KeyStore | None = None, defaults: KeyLimits | None = None
+    ) -> None:
+        self.defaults = defaults or KeyLimits()
+        self._config = [  # (digest, who)
+            (digest(k), KeyInfo(f"config-{digest(k)[:8]}", "config", self.defaults)) for k in keys
+        ]
+        self.store = store
+        self._cache: OrderedDict[str, tuple[float, KeyInfo | None]] = OrderedDict()
+        if not keys and not (store and store.has_active_keys()):
+            log.warning("no API keys configured or stored: every client is accepted without a key")
 
     @staticmethod
     def key_of(connection: HTTPConnection) -> str | None:
@@ -26,24 +46,54 @@ class KeyCheck:
         if key:
             return key
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return token.strip() or None
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        for name in connection.headers.get("sec-websocket-protocol", "").split(","):
+            if name.strip().startswith(KEY_SUBPROTOCOL):
+                return name.strip()[len(KEY_SUBPROTOCOL) :] or None
+        return None
 
-    def allows(self, connection: HTTPConnection) -> bool:
-        return self.accepts(self.key_of(connection))
+    def identify(self, key: str | None) -> KeyInfo | None:
+        """Who ``key`` belongs to, or None when it is missing, unknown or revoked."""
+        if key is not None and len(key) > 512:
+            return None
+        wanted = digest(key or "")
+        # Compare with every configuration key, so timing does not reveal which one matched.
+        matches = [info for accepted, info in self._config if hmac.compare_digest(wanted, accepted)]
+        if matches:
+            return matches[0]
+        if self._config and self.store is None:
+            return None
+        now = time.monotonic()
+        cached = self._cache.get(wanted)
+        if cached is not None and now - cached[0] < CACHE_S:
+            return cached[1]
+        info = self.store.identify(key) if key and self.store else None
+        if info is None and not self._config and not (self.store and self.store.has_active_keys()):
+            info = KeyInfo("anonymous", "anonymous", self.defaults)  # an open server
+        self._cache[wanted] = (now, info)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return info
 
     def accepts(self, key: str | None) -> bool:
         """A raw key, for protocols that carry it in a message (Soca's token, Socket.IO's auth)."""
-        if not self._keys:
-            return True
-        raw = (key or "").encode()
-        # Compare against every key, so timing does not reveal which prefix matched.
-        return any([hmac.compare_digest(raw, accepted) for accepted in self._keys])
+        return self.identify(key) is not None
+
+    def allows(self, connection: HTTPConnection) -> bool:
+        return self.identify(self.key_of(connection)) is not None
 
 
 def require_key(request: Request) -> None:
-    """FastAPI dependency for HTTP API routes: the page, health and metrics stay public."""
-    if not request.app.state.keys.allows(request):
+    """FastAPI dependency for HTTP API routes: the page, health and metrics stay public.
+    Each request counts against its key's message rate (429 over it)."""
+    state = request.app.state
+    info = state.keys.identify(KeyCheck.key_of(request))
+    if info is None:
         ERRORS.labels(request.url.path, "unauthorized").inc()
         raise ApiError(401, "unauthorized", "missing or invalid API key (X-API-Key or api_key)")
+    try:
+        state.limits.request(info)
+    except LimitExceeded as exc:
+        raise ApiError(exc.status, "rate_limited", exc.message) from exc
+    request.state.key = info

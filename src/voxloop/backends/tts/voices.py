@@ -26,7 +26,8 @@ from voxloop.config import Settings
 # Language -> espeak-ng voice. Base codes only: "pt" is Brazilian, "es" is Spain's Spanish.
 ESPEAK_VOICES = {
     "en": "en-us", "es": "es", "fr": "fr", "pt": "pt-br", "ko": "ko",
-    "it": "it", "de": "de", "ca": "ca", "eu": "eu",
+    "it": "it", "de": "de", "ca": "ca", "eu": "eu", "id": "id", "nl": "nl", "pl": "pl",
+    "ru": "ru", "tr": "tr",
 }  # fmt: skip
 NEURAL_LANGUAGE = "en"
 STYLES = range(1, 6)

@@ -4,7 +4,9 @@ In: binary S16LE microphone audio (44.1 kHz unless a ``rates`` message says othe
 ``{"type": prompt|voice|language|tools|visemes|rates|max_context_messages|metrics|tool_result}``.
 Out: ``status`` / ``transcript`` / ``visemes`` / ``tool_call`` / ``metrics`` / ``error`` JSON and
 binary reply audio at the playback rate. voxloop extensions, sent only to clients that opt in:
-``metrics`` (per-turn latency) and ``live`` (``partial_transcript`` and ``text_delta``).
+``metrics`` (per-turn latency) and ``live`` (``partial_transcript`` and ``text_delta``), and
+``session_id`` (answered with the id under which ``GET /v1/sessions/{id}`` keeps the history; the
+upgrade response carries it too, as ``X-Voxloop-Session``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
-from voxloop.protocols.common import new_session, run_session
+from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
 from voxloop.protocols.lokutor.common import check_sample_rate, parse_json
+from voxloop.server.guard import lease_of
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,16 @@ class LokutorAgent:
         self.want_metrics = False
         self.live = False  # voxloop extension: partial transcripts and streamed reply text
         self.sending = asyncio.Lock()  # replies and event forwarding share one socket
+        self.lease = lease_of(websocket)
+        self.session_id = self.lease.session_id if self.lease else None
+        keep_history(session, websocket.app.state, self.lease, self.report)
+        self.reports: set[asyncio.Task[None]] = set()
+
+    def report(self, message: str) -> None:
+        """An error found off the receive path (a failed history write): sent when it can be."""
+        task = asyncio.create_task(self.error(message))
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
 
     async def send_json(self, message: dict[str, Any]) -> None:
         async with self.sending:
@@ -73,6 +86,8 @@ class LokutorAgent:
         elif kind == "live":
             self.live = _flag(data, "live")
             session.configure(partials=self.live)
+        elif kind == "session_id":
+            await self.send_json({"type": "session_id", "data": self.session_id})
         elif kind == "metrics":
             self.want_metrics = _flag(data if data is not None else True, "metrics")
         elif kind == "max_context_messages":
@@ -108,12 +123,21 @@ class LokutorAgent:
                     if len(data) > MAX_AUDIO_FRAME:
                         await self.error(f"audio frame too large ({len(data)} bytes)")
                         continue
+                    if not await self.within_audio_limit(len(data) / 2 / session.config.input_rate):
+                        continue
                     try:
                         await session.push_audio(data)
                     except AudioFormatError as exc:
                         await self.error(str(exc))
                 elif (text := message.get("text")) is not None:
                     await self.handle_text(text)
+
+    async def within_audio_limit(self, seconds: float) -> bool:
+        """Over the key's audio budget the frame is dropped and the client told (once a second)."""
+        admitted, refusal = admit_audio(self.lease, seconds)
+        if refusal:
+            await self.error(refusal)
+        return admitted
 
     async def forward_events(self) -> None:
         while True:

@@ -21,7 +21,9 @@ from voxloop.audio.pcm import AudioFormatError, StreamResampler, pcm16_to_float
 from voxloop.backends import workers
 from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SpeechEnded, UtteranceSegmenter
+from voxloop.protocols.common import admit_audio
 from voxloop.protocols.lokutor.common import StreamOptions, parse_json, parse_stream_options
+from voxloop.server.guard import lease_of
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class SttSession:
 async def serve_stt(websocket: WebSocket, backends: Backends) -> None:
     session: SttSession | None = None
     finals: asyncio.Task[None] | None = None
+    lease = lease_of(websocket)
 
     async def error(message: str) -> None:
         await websocket.send_text(json.dumps({"type": "error", "data": message}))
@@ -118,6 +121,11 @@ async def serve_stt(websocket: WebSocket, backends: Backends) -> None:
                 if len(data) > MAX_FRAME_BYTES:
                     await error(f"audio frame too large ({len(data)} bytes, at most {MAX_FRAME_BYTES})")
                     continue
+                admitted, refusal = admit_audio(lease, len(data) / 2 / session.options.sample_rate)
+                if refusal:
+                    await error(refusal)
+                if not admitted:
+                    continue  # over the key's audio budget: the frame is dropped
                 try:
                     await session.accept_audio(data)
                 except AudioFormatError as exc:

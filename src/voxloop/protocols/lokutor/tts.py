@@ -20,6 +20,8 @@ from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import frames, speak
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.protocols.lokutor.common import parse_json
+from voxloop.server.guard import lease_of
+from voxloop.server.limits import LimitExceeded
 from voxloop.server.metrics import TTS_FIRST_AUDIO
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,8 @@ async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
                 await synthesize_to(websocket, backends, request, voice, language)
             except WebSocketDisconnect:
                 return
+            except LimitExceeded as exc:
+                await websocket.send_text(f"ERR: {exc.message}")
             except Exception as exc:  # a model failure must not take the connection down
                 if websocket.client_state != WebSocketState.CONNECTED:
                     return  # the client left mid-stream (Starlette raises RuntimeError on send)
@@ -101,6 +105,7 @@ async def synthesize_to(
     started = time.perf_counter()
     offset = 0.0
     first = True
+    lease = lease_of(websocket)
 
     async def send(message: str | bytes) -> None:
         # A client that stops reading would otherwise hold a shared speech worker indefinitely.
@@ -112,6 +117,8 @@ async def synthesize_to(
             raise WebSocketDisconnect(1008) from exc
 
     async for speech in speak(backends.speaker, request.text, voice, language, request.speed, OUTPUT_RATE):
+        if lease is not None:
+            lease.audio(speech.duration)  # synthesised speech counts against the key's audio budget
         if request.visemes:
             marks = visemes_for(speech.text, speech.duration, offset, speech.audio)
             await send(json.dumps(marks))

@@ -31,10 +31,11 @@ from voxloop.audio.pcm import pcm16_to_float, write_wav
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
-from voxloop.protocols.common import new_session, run_session
+from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
 from voxloop.protocols.lokutor.common import parse_json
-from voxloop.protocols.voiceagent.frames import FrameRejected, VisualContext, parse_frame
-from voxloop.protocols.voiceagent.wire import MAX_AUDIO_BYTES, audio_format, decode_base64
+from voxloop.protocols.voice_agent.frames import FrameRejected, VisualContext, parse_frame
+from voxloop.protocols.voice_agent.wire import MAX_AUDIO_BYTES, audio_format, decode_base64
+from voxloop.server.guard import lease_of
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,11 @@ class VoiceAgentConnection:
     def __init__(self, websocket: WebSocket, session: Session, video: bool, output_format: str) -> None:
         self.websocket, self.session, self.video = websocket, session, video
         self.output_format = output_format
-        self.session_id = f"vs_{uuid.uuid4().hex[:16]}"
+        self.lease = lease_of(websocket)
+        # The key's session id (X-Voxloop-Session, /v1/sessions/{id}) when the gate gave one.
+        self.session_id = self.lease.session_id if self.lease else f"vs_{uuid.uuid4().hex[:16]}"
+        keep_history(session, websocket.app.state, self.lease, self.report)
+        self.reports: set[asyncio.Task[None]] = set()
         self.sending = asyncio.Lock()
         self.inputs: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(MAX_PENDING_INPUTS)
         self.replies: dict[int, Reply] = {}
@@ -73,13 +78,18 @@ class VoiceAgentConnection:
 
     # ---- sending -------------------------------------------------------------------------
 
+    def report(self, message: str) -> None:
+        """An error found off the receive path (a failed history write): sent when it can be."""
+        task = asyncio.create_task(self.error(message))
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
+
     async def send(self, message: dict[str, Any]) -> None:
         async with self.sending:
             await self.websocket.send_text(json.dumps(message))
 
     async def error(self, message: str, **extra: Any) -> None:
-        # `message` as the SDK docs show it, `error` as the SDK's VideoAgent sends it.
-        await self.send({"type": "error", "message": message, "error": message, **extra})
+        await self.send(error_message(message, **extra))
 
     # ---- receiving -----------------------------------------------------------------------
 
@@ -176,6 +186,10 @@ class VoiceAgentConnection:
             return None
         if audio.size == 0 or audio.size > MAX_AUDIO_S * 16000:
             await self.error(f"audio must be between 0 and {MAX_AUDIO_S:.0f} seconds long")
+            return None
+        admitted, refusal = admit_audio(self.lease, audio.size / 16000)
+        if not admitted:
+            await self.error(refusal or "audio over this key's budget")
             return None
         transcript = await self.session.transcribe(audio)
         text = transcript.text.strip()
@@ -294,6 +308,16 @@ class VoiceAgentConnection:
         )
 
 
+def error_message(message: str, **extra: Any) -> dict[str, Any]:
+    # `message` as the SDK docs show it, `error` as the SDK's VideoAgent sends it.
+    return {"type": "error", "message": message, "error": message, **extra}
+
+
+def error_shape(message: str) -> str:
+    """An error as a refusal at the gate (key, limits) sends it."""
+    return json.dumps(error_message(message))
+
+
 def _json_or_text(result: str) -> Any:
     try:
         return json.loads(result)
@@ -312,7 +336,7 @@ def _now_ms() -> int:
 async def serve(websocket: WebSocket, backends: Backends, video: bool) -> None:
     output_format = websocket.query_params.get("format", "mp3").lower()
     if output_format not in ("mp3", "wav"):
-        await websocket.send_text(json.dumps({"type": "error", "message": "format must be mp3 or wav"}))
+        await websocket.send_text(error_shape("format must be mp3 or wav"))
         await websocket.close(code=1008)
         return
     # One audio chunk per spoken sentence or clause (frame_ms=None), as the SDK's speech queue does.

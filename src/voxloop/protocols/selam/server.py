@@ -1,0 +1,165 @@
+"""The Socket.IO server for SelamGPT clients, mounted at ``/socket.io/`` on the main app.
+
+python-socketio handles the transport (websocket, and polling for clients that start with it);
+events of one client are handled in order (``async_handlers=False``), each client in its own
+reader task, so a slow or hostile client holds up only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import socketio
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
+
+from voxloop.protocols.selam.agent import SelamAgent
+from voxloop.protocols.selam.options import SelamError, voice_id
+from voxloop.server.metrics import ERRORS, SESSIONS
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/v1/audio/agent"
+MAX_MESSAGE = 4 << 20  # one Socket.IO message; an audio_chunk holds at most 1 MiB of PCM
+MAX_QUEUED = 64  # packets waiting for a client before its emits wait (bounded memory)
+STALL_S = 10.0  # a client that reads nothing for this long is disconnected
+REFUSE_AFTER_S = 0.5  # a refused client is disconnected this long after its error
+
+
+class SelamNamespace(socketio.AsyncNamespace):
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__(NAMESPACE)
+        self.app = app
+        self.agents: dict[str, SelamAgent] = {}
+        self.voices: dict[str, str] = {}  # the voice each client named when connecting
+        self.hanging_up: set[asyncio.Task[None]] = set()
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """Every event of the namespace: known ones run, errors go back in the seed's shape."""
+        if event == "connect":
+            return await self.connect(args[0], args[1], args[2] if len(args) > 2 else None)
+        if event == "disconnect":
+            return await self.disconnect_agent(args[0])
+        sid, data = args[0], args[1] if len(args) > 1 else None
+        agent = self.agents.get(sid)
+        if agent is None:  # refused connections get nothing more
+            return None
+        try:
+            if event == "start_session":
+                await agent.start_session(data, self.voices.get(sid) or self.default_voice)
+            elif event == "audio_chunk":
+                await agent.audio_chunk(data)
+            elif event == "control":
+                await agent.control(data)
+            elif event == "end_session":
+                await agent.end_session(data, self.owner_exists)
+            else:
+                raise SelamError("validation_error", f"unknown event {event!r}", "unknown_event")
+        except SelamError as error:
+            await self.send_error(sid, error)
+        except Exception:  # a bug must not end the connection silently
+            log.exception("SelamGPT event %s failed", event)
+            await self.send_error(sid, SelamError("session_error", f"{event} failed on the server"))
+        return None
+
+    @property
+    def default_voice(self) -> str:
+        return self.app.state.backends.settings.default_voice
+
+    async def connect(self, sid: str, environ: dict[str, Any], auth: object) -> bool:
+        scope = environ.get("asgi.scope", {})
+        connection = HTTPConnection(scope)
+        key = _auth_key(auth)
+        keys = self.app.state.keys
+        if not (keys.accepts(key) if key is not None else keys.allows(connection)):
+            ERRORS.labels(NAMESPACE, "authentication_error").inc()
+            await self.send_error(
+                sid, SelamError("authentication_error", "invalid or missing API key", "invalid_api_key")
+            )
+            # Socket.IO acknowledged the connect already (always_connect), so the client sees this
+            # `error`; the disconnect follows a moment later, because python-socketio ignores a
+            # disconnect that arrives while its connect() call is still returning.
+            asyncio.get_running_loop().call_later(REFUSE_AFTER_S, self.hang_up_soon, sid)
+            return True
+        backends = self.app.state.backends
+        voice = connection.query_params.get("voice") or (
+            auth.get("voice") if isinstance(auth, dict) else None
+        )
+        agent = SelamAgent(backends, lambda name, data: self.send(sid, name, data), lambda: self.hang_up(sid))
+        self.agents[sid] = agent
+        SESSIONS.labels(NAMESPACE).inc()
+        message = "Connected to the voxloop voice agent. Send start_session to begin."
+        try:
+            if voice:
+                voice_id(voice, backends.speaker)  # refused now, rather than at start_session
+                self.voices[sid] = voice
+        except SelamError as error:
+            await self.send_error(sid, error)  # start_session may still name a good voice
+            message = f"{message} The voice in the URL was refused: {error.message}"
+        await self.send(
+            sid, "connected", {"status": "connected", "sid": sid, "voice": voice, "message": message}
+        )
+        return True
+
+    async def disconnect_agent(self, sid: str) -> None:
+        agent = self.agents.pop(sid, None)
+        self.voices.pop(sid, None)
+        if agent is not None:
+            SESSIONS.labels(NAMESPACE).dec()
+            await agent.close()
+
+    def owner_exists(self, session_id: str) -> bool:
+        return any(agent.session_id == session_id for agent in self.agents.values())
+
+    async def send(self, sid: str, event: str, data: dict[str, Any]) -> None:
+        """Emits to one client once its backlog is short: a client that stops reading is dropped."""
+        server: socketio.AsyncServer = self.server
+        eio_sid = server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        socket = server.eio.sockets.get(eio_sid) if eio_sid else None
+        waited = 0.0
+        while socket is not None and socket.queue.qsize() > MAX_QUEUED and not socket.closed:
+            if waited > STALL_S:
+                log.warning("SelamGPT client %s read nothing for %.0f s: disconnecting", sid, STALL_S)
+                await self.hang_up(sid)
+                return
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        await self.emit(event, data, to=sid)
+
+    async def send_error(self, sid: str, error: SelamError) -> None:
+        ERRORS.labels(NAMESPACE, error.kind).inc()
+        await self.send(sid, "error", error.payload())
+
+    async def hang_up(self, sid: str) -> None:
+        self.hang_up_soon(sid)
+
+    def hang_up_soon(self, sid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.disconnect(sid))  # not inside its own task
+        self.hanging_up.add(task)
+        task.add_done_callback(self.hanging_up.discard)
+
+
+def _auth_key(auth: object) -> str | None:
+    """socket.io-client's ``auth: {api_key}`` (or ``token``); else the query / headers are checked."""
+    if isinstance(auth, dict):
+        for name in ("api_key", "apiKey", "token"):
+            if isinstance(auth.get(name), str) and auth[name]:
+                return auth[name]
+    return None
+
+
+def mount_selam(app: FastAPI) -> None:
+    """Serves the SelamGPT namespace at /socket.io/ on the same port as the rest of the API."""
+    server = socketio.AsyncServer(
+        async_mode="asgi",
+        cors_allowed_origins="*",  # browsers on any origin: the API key is the gate
+        async_handlers=False,  # one client's events in order: audio must not be reordered
+        always_connect=True,  # the connect is acknowledged first, so a refusal can carry `error`
+        max_http_buffer_size=MAX_MESSAGE,
+        logger=False,
+        engineio_logger=False,
+    )
+    server.register_namespace(SelamNamespace(app))
+    app.mount("/socket.io", socketio.ASGIApp(server, socketio_path=None))

@@ -1,0 +1,1 @@
+"""Soca AI voice WebSocket (seed 003) at ``/v1/voice-ws`` and ``/chat/agent/voice-ws``."""

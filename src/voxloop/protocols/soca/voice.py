@@ -1,0 +1,338 @@
+"""Soca AI voice WebSocket (seed 003): a thin translator over engine.Session.
+
+In: a JSON ``start`` message first (it authenticates, see start.py), then binary PCM16LE mono at
+``sr`` in 20-50 ms frames. Out (JSON text frames, every one with the current ``seq``):
+
+- ``{"type": "ready", "session_id", "seq", "resumed"}`` once the start message is accepted;
+- ``{"type": "stt.partial", "text", "seq"}`` while the user speaks, ``{"type": "stt.final", ...}``
+  when the turn ends (its ``seq`` is that of the reply it starts);
+- per spoken sentence ``{"type": "agent", "stepType": "sentence", "seq", "idx", "text",
+  "audio": <base64 MP3>, "format": "mp3", "sr": 22050}``, each MP3 playable on its own;
+- ``{"type": "agent", "stepType": "final_answer", "seq", "text"}`` when a reply was fully spoken;
+- ``{"type": "barge", "seq": N, "reason": "content_partial"}`` when the user's words cut the reply:
+  the next reply has seq N and nothing of a lower seq is sent after it;
+- ``{"type": "error", "message", "seq"}``.
+
+Every reply gets the next seq, so a client that stops audio of a lower seq (as the Soca docs ask)
+never plays two replies at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from voxloop.audio.codec import encode_mp3
+from voxloop.audio.pcm import AudioFormatError
+from voxloop.backends.registry import Backends
+from voxloop.config import Settings
+from voxloop.engine import events
+from voxloop.engine.barge_in import BargeInRules
+from voxloop.engine.session import Session
+from voxloop.protocols.common import new_session, run_session
+from voxloop.protocols.lokutor.common import parse_json
+from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
+from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
+from voxloop.server.metrics import SESSIONS
+
+log = logging.getLogger(__name__)
+
+OUTPUT_RATE = 22050  # Soca replies are 22.05 kHz MP3
+START_TIMEOUT_S = 10.0  # a connection that never says "start" is dropped
+MAX_FRAME_S = 2.0  # longer audio frames are refused: the docs ask for 20-50 ms
+OUTBOX_SIZE = 64  # messages waiting for the socket; the engine's own queue holds the rest
+TAKEOVER_WAIT_S = 5.0
+# Why a reply was cut: the barge-in gate passed on the words heard so far, or the user's finished
+# turn replaced the reply still playing (its words came too late for the gate's window).
+BARGE_REASONS = {"barge_in": "content_partial", "new_input": "content_final"}
+
+
+@dataclass
+class Outgoing:
+    seq: int
+    message: dict[str, Any]
+    pcm: bytes | None = None  # sentence audio, encoded to MP3 only when it is about to be sent
+
+
+class Outbox:
+    """Bounded queue of outgoing messages from which a barge-in removes everything older."""
+
+    def __init__(self, size: int = OUTBOX_SIZE) -> None:
+        self.items: deque[Outgoing] = deque()
+        self.size = size
+        self.changed = asyncio.Condition()
+
+    async def put(self, item: Outgoing) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: len(self.items) < self.size)
+            self.items.append(item)
+            self.changed.notify_all()
+
+    async def get(self) -> Outgoing:
+        async with self.changed:
+            await self.changed.wait_for(lambda: bool(self.items))
+            item = self.items.popleft()
+            self.changed.notify_all()
+            return item
+
+    async def drop_older(self, seq: int) -> None:
+        async with self.changed:
+            self.items = deque(item for item in self.items if item.seq >= seq)
+            self.changed.notify_all()
+
+
+@dataclass
+class SocaSessions:
+    """Per-server state: closed conversations to resume and the connections live now."""
+
+    store: ResumeStore
+    live: dict[str, SocaVoice] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, websocket: WebSocket, settings: Settings) -> SocaSessions:
+        state = websocket.app.state
+        if getattr(state, "soca_sessions", None) is None:
+            store = ResumeStore(settings.soca_resume_grace_s, settings.soca_resume_capacity)
+            state.soca_sessions = cls(store)
+        return state.soca_sessions
+
+
+class SocaVoice:
+    def __init__(self, websocket: WebSocket, session: Session, start: Start, seq: int = 0) -> None:
+        self.websocket, self.session, self.start = websocket, session, start
+        self.owner = owner_of(start.token)
+        self.seq = seq  # the newest seq given out
+        self.floor = seq  # messages of a lower seq are stale: never sent
+        self.barged = False  # a barge-in gave out a seq that the next reply takes
+        self.reply_seq: dict[int, int] = {}  # engine generation -> seq
+        self.outbox = Outbox()
+        self.taken_over = asyncio.Event()  # the same session_id connected again
+        self.finished = asyncio.Event()  # history saved: a takeover may read it
+
+    # ---- client -> engine ----------------------------------------------------------------
+
+    async def receive(self) -> None:
+        max_frame = int(MAX_FRAME_S * self.start.sr) * 2
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if (data := message.get("bytes")) is not None:
+                    if len(data) > max_frame or len(data) % 2:
+                        await self.error(
+                            f"audio frames must be PCM16LE mono of at most {MAX_FRAME_S:g} s "
+                            f"({max_frame} bytes at {self.start.sr} Hz); got {len(data)} bytes"
+                        )
+                        continue
+                    try:
+                        await self.session.push_audio(data)
+                    except AudioFormatError as exc:
+                        await self.error(str(exc))
+                elif (text := message.get("text")) is not None:
+                    if await self.handle_text(text):
+                        return
+
+    async def handle_text(self, raw: str) -> bool:
+        """A JSON control message; True when the client ends the session."""
+        try:
+            message = parse_json(raw)
+        except ValueError as exc:
+            await self.error(f"invalid message: {exc}")
+            return False
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind in ("stop", "end"):
+            return True
+        if kind == "start":
+            await self.error("already started")
+        else:
+            await self.error('unknown message: send binary PCM16LE audio, or {"type": "stop"} to end')
+        return False
+
+    # ---- engine -> client ----------------------------------------------------------------
+
+    async def forward_events(self) -> None:
+        while True:
+            event = await self.session.next_event()
+            match event:
+                case events.TranscriptPartial(text=text):
+                    await self.send({"type": "stt.partial", "text": text}, self.seq)
+                case events.TranscriptFinal(role="user", text=text, generation=generation):
+                    await self.send({"type": "stt.final", "text": text}, self.seq_of(generation))
+                case events.AudioOut(pcm=pcm, generation=generation, text=text, piece=piece) if pcm:
+                    sentence = {"type": "agent", "stepType": "sentence", "idx": piece, "text": text}
+                    sentence |= {"format": "mp3", "sr": OUTPUT_RATE}
+                    await self.outbox.put(Outgoing(self.seq_of(generation), sentence, pcm))
+                case events.ResponseDone(generation=generation, text=text, interrupted=False):
+                    answer = {"type": "agent", "stepType": "final_answer", "text": text}
+                    await self.send(answer, self.seq_of(generation))
+                case events.Interrupted(generation=generation, reason=reason):
+                    await self.barge(generation, reason)
+                case events.Error(message=text):
+                    await self.error(text)
+
+    def seq_of(self, generation: int) -> int:
+        """The seq of a reply: the next one when it is new (or the one a barge-in announced)."""
+        if (seq := self.reply_seq.get(generation)) is not None:
+            return seq
+        if self.reply_seq and generation < max(self.reply_seq):
+            return self.floor - 1  # an older reply never seen before: stale
+        if not self.barged:
+            self.seq += 1
+        self.barged = False
+        self.reply_seq = {generation: self.seq}  # older replies are stale by now
+        return self.seq
+
+    async def barge(self, generation: int, reason: str) -> None:
+        if self.reply_seq.get(generation) != self.seq or self.barged:
+            return  # a reply already superseded
+        self.seq += 1
+        self.floor = self.seq
+        self.barged = True
+        await self.outbox.drop_older(self.seq)
+        await self.send({"type": "barge", "reason": BARGE_REASONS.get(reason, reason)}, self.seq)
+
+    async def send(self, message: dict[str, Any], seq: int) -> None:
+        await self.outbox.put(Outgoing(seq, message))
+
+    async def error(self, message: str) -> None:
+        await self.send({"type": "error", "message": message}, self.seq)
+
+    async def send_loop(self) -> None:
+        """The only writer to the socket: checks the seq floor last thing before each send."""
+        while True:
+            item = await self.outbox.get()
+            if item.seq < self.floor:
+                continue
+            message = {**item.message, "seq": item.seq}
+            if item.pcm is not None:
+                mp3 = await asyncio.to_thread(encode_mp3, item.pcm, OUTPUT_RATE)  # off the event loop
+                if item.seq < self.floor:
+                    continue  # a barge-in came while it was encoded
+                message["audio"] = base64.b64encode(mp3).decode()
+            await self.websocket.send_text(json.dumps(message))
+
+
+def barge_rules(gate: BargeGate) -> BargeInRules:
+    return BargeInRules(
+        enabled=gate.enabled,
+        min_words=gate.min_partial_words,
+        min_chars=gate.min_partial_chars,
+        min_confidence=gate.min_confidence,
+        window_s=gate.speech_start_window,
+        cooldown_s=gate.barge_cooldown,
+        filler_words=gate.filler_words,
+    )
+
+
+async def refuse(websocket: WebSocket, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps({"type": "error", "message": message}))
+        await websocket.close(code=1008)
+
+
+async def read_start(websocket: WebSocket, backends: Backends) -> Start | None:
+    """The validated start message, or None once the client was told why not and closed."""
+    try:
+        first = await asyncio.wait_for(websocket.receive(), START_TIMEOUT_S)
+    except TimeoutError:
+        await refuse(websocket, "must start with type=start")
+        return None
+    if first["type"] == "websocket.disconnect":
+        return None
+    try:
+        message = parse_json(first["text"]) if first.get("text") is not None else None
+    except ValueError:
+        message = None
+    if not isinstance(message, dict) or message.get("type") != "start":
+        await refuse(websocket, "must start with type=start")
+        return None
+    try:  # authenticate before anything else is looked at
+        if not websocket.app.state.keys.accepts(token_of(message)):
+            raise ValueError("Invalid or expired token")
+    except ValueError as exc:
+        await refuse(websocket, str(exc))
+        return None
+    try:
+        return parse_start(message, backends.settings)
+    except ValueError as exc:
+        await refuse(websocket, str(exc))
+        return None
+
+
+async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
+    await websocket.accept()
+    start = await read_start(websocket, backends)
+    if start is None:
+        return
+    sessions = SocaSessions.of(websocket, backends.settings)
+    owner = owner_of(start.token)
+    previous = sessions.live.get(start.session_id)
+    if (previous.owner if previous else sessions.store.owner(start.session_id)) not in (None, owner):
+        await refuse(websocket, "session_id is in use by another key")
+        return
+    if previous is not None:
+        previous.taken_over.set()  # the newest connection wins: the old one may be a dead network path
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(previous.finished.wait(), TAKEOVER_WAIT_S)
+    changes: dict[str, Any] = dict(
+        input_rate=start.sr,
+        output_rate=OUTPUT_RATE,
+        frame_ms=None,  # one AudioOut per sentence: one MP3 each
+        partials=start.partials,
+        language=start.lang,
+        barge_in=barge_rules(start.barge),
+    )
+    if start.prompt is not None:
+        changes["prompt"] = start.prompt
+    if start.voice is not None:
+        changes["voice"] = start.voice
+    try:
+        session = new_session(backends, **changes)
+    except ValueError as exc:
+        await refuse(websocket, str(exc))
+        return
+    saved = sessions.store.take(start.session_id, owner)
+    if saved is not None:
+        session.history.extend(saved.messages)
+    voice = SocaVoice(websocket, session, start, seq=saved.seq if saved else 0)
+    sessions.live[start.session_id] = voice
+    try:
+        ready = {"type": "ready", "session_id": start.session_id, "resumed": saved is not None}
+        await voice.send(ready, voice.seq)
+        stalled = await run_session(
+            session, voice.receive(), voice.forward_events(), voice.send_loop(), voice.taken_over.wait()
+        )
+    finally:
+        sessions.store.save(start.session_id, Saved(owner, list(session.history.messages), voice.seq))
+        if sessions.live.get(start.session_id) is voice:
+            del sessions.live[start.session_id]
+        voice.finished.set()
+    if websocket.client_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):
+        if voice.taken_over.is_set():  # 1000: the Soca client reconnects on any other code
+            moved = {"type": "error", "message": "session moved to a newer connection"}
+            await websocket.send_text(json.dumps(moved))
+            await websocket.close(code=1000)
+        elif stalled:
+            await websocket.close(code=1008, reason="client stopped reading")
+        else:
+            await websocket.close(code=1000)
+
+
+async def soca_endpoint(websocket: WebSocket) -> None:
+    """The route: no key check up front, since the start message carries the token."""
+    SESSIONS.labels(websocket.url.path).inc()
+    try:
+        await serve_soca(websocket, websocket.app.state.backends)
+    finally:
+        SESSIONS.labels(websocket.url.path).dec()

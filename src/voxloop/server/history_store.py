@@ -1,0 +1,145 @@
+"""Conversation history on disk: every committed user and assistant turn, as it happens.
+
+SQLite in WAL mode with ``synchronous=FULL`` and one commit per turn, so a server killed with
+SIGKILL (or a power cut) loses no turn that was committed. Writes run on one writer thread, off
+the event loop; a failed write (disk full, I/O error) is reported to the session that made it and
+the store carries on for everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from voxloop.backends.llm.base import ChatMessage
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    key_id TEXT,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_id, id);
+"""
+MAX_PENDING = 1000  # writes queued behind a slow disk; beyond this they are refused, not buffered
+MAX_TEXT = 100_000
+
+
+class HistoryError(Exception):
+    """A turn could not be stored; the message is fit to send to the client."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    text: str
+    at: float  # Unix time
+
+    def as_json(self) -> dict[str, object]:
+        return {"role": self.role, "text": self.text, "at": self.at}
+
+
+class ConversationStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="history")
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._db = self._writer.submit(self._open).result()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=5, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        return db
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def submit(self, session_id: str, turns: Iterable[Turn], key_id: str | None = None) -> Future[None]:
+        """Queues one commit of ``turns``; the future fails with HistoryError."""
+        rows = [(session_id, key_id, t.role, t.text[:MAX_TEXT], t.at) for t in turns]
+        with self._lock:
+            if self._pending >= MAX_PENDING:
+                refused: Future[None] = Future()
+                refused.set_exception(HistoryError("history store is behind: turn not saved"))
+                return refused
+            self._pending += 1
+        return self._writer.submit(self._write, rows)
+
+    def _write(self, rows: list[tuple]) -> None:
+        try:
+            with self._db:  # one transaction: committed (and synced) or rolled back
+                self._db.executemany(
+                    "INSERT INTO turns (session_id, key_id, role, text, at) VALUES (?, ?, ?, ?, ?)", rows
+                )
+        except sqlite3.Error as exc:
+            log.error("history write failed: %s", exc)
+            raise HistoryError(f"conversation history not saved: {exc}") from exc
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    async def record(
+        self, session_id: str, role: str, text: str, at: float | None = None, key_id: str | None = None
+    ) -> None:
+        """Stores one turn; returns once it is on disk; raises HistoryError."""
+        turn = Turn(role, text, time.time() if at is None else at)
+        await asyncio.wrap_future(self.submit(session_id, [turn], key_id))
+
+    def listener(
+        self, session_id: str, key_id: str | None, on_error: Callable[[str], object]
+    ) -> Callable[[list[ChatMessage]], None]:
+        """A callable for the engine History's ``listeners``: it stores each committed list of
+        messages (user and assistant text; tool traffic is left out) and calls ``on_error`` with
+        a message, on the event loop, when the write fails."""
+        loop = asyncio.get_running_loop()
+
+        def done(future: Future[None]) -> None:
+            if (exc := future.exception()) is not None:
+                loop.call_soon_threadsafe(on_error, str(exc))
+
+        def listen(messages: list[ChatMessage]) -> None:
+            now = time.time()
+            turns = [Turn(m.role, m.content, now) for m in messages if _spoken(m)]
+            if turns:
+                self.submit(session_id, turns, key_id).add_done_callback(done)
+
+        return listen
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def turns(self, session_id: str) -> tuple[str | None, list[Turn]] | None:
+        """(key id, turns) of a session, or None if none were stored. Runs on the caller's thread
+        with its own connection (WAL readers do not wait for the writer)."""
+        db = sqlite3.connect(self.path, timeout=5)
+        try:
+            rows = db.execute(
+                "SELECT key_id, role, text, at FROM turns WHERE session_id = ? ORDER BY id", (session_id,)
+            ).fetchall()
+        finally:
+            db.close()
+        if not rows:
+            return None
+        return rows[0][0], [Turn(role, text, at) for _, role, text, at in rows]
+
+    def close(self) -> None:
+        self._writer.submit(self._db.close)
+        self._writer.shutdown(wait=True)
+
+
+def _spoken(message: ChatMessage) -> bool:
+    return message.role in ("user", "assistant") and bool(message.content.strip())

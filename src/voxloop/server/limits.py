@@ -1,0 +1,231 @@
+"""Per-key limits and the life of a session.
+
+Every session holds a :class:`Lease` from the :class:`Limiter`. The lease counts toward its key's
+open sessions, meters the client's messages and audio (token buckets shared by all sessions of the
+key), and ends, via ``lease.ended``, when the key is revoked, the session idles or runs too long,
+or the server drains. Going over a limit costs the offending session (its message is refused with
+``LimitExceeded``), never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from voxloop.server.keys import KeyInfo, KeyStore
+
+log = logging.getLogger(__name__)
+
+MESSAGE_BURST_S = 2.0  # a key may send two seconds' worth of messages at once
+WATCH_EVERY_S = 1.0
+REPORT_EVERY_S = 1.0
+REVOKED_POLL_S = 2.0  # the CLI revokes by writing the store; the server notices within this
+
+
+class LimitExceeded(Exception):
+    """Over a limit: ``message`` is for the client; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 429) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+class TokenBucket:
+    def __init__(self, rate_per_s: float, capacity: float) -> None:
+        self.rate, self.capacity = rate_per_s, capacity
+        self.tokens, self.updated = capacity, time.monotonic()
+
+    def take(self, amount: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if amount > self.tokens:
+            return False
+        self.tokens -= amount
+        return True
+
+
+@dataclass
+class KeyUsage:
+    info: KeyInfo
+    leases: set[Lease] = field(default_factory=set)
+    messages: TokenBucket | None = None
+    audio: TokenBucket | None = None
+
+    def __post_init__(self) -> None:
+        limits = self.info.limits
+        if limits.messages_per_s > 0:
+            burst = max(1.0, limits.messages_per_s * MESSAGE_BURST_S)
+            self.messages = TokenBucket(limits.messages_per_s, burst)
+        if limits.audio_s_per_min > 0:
+            self.audio = TokenBucket(limits.audio_s_per_min / 60, limits.audio_s_per_min)
+
+    def message(self) -> None:
+        if self.messages is not None and not self.messages.take(1):
+            rate = self.info.limits.messages_per_s
+            raise LimitExceeded(f"rate limit: more than {rate:g} messages per second")
+
+    def spend_audio(self, seconds: float) -> None:
+        if self.audio is not None and not self.audio.take(seconds):
+            raise LimitExceeded(
+                f"rate limit: more than {self.info.limits.audio_s_per_min:g} seconds of audio per minute"
+            )
+
+
+class Lease:
+    """One open session. Protocols call ``message()`` per client message (the shared WebSocket
+    route does it for them), ``audio(seconds)`` per chunk of client audio, and end when
+    ``ended`` is set: tell the client ``end_reason`` and close with ``close_code``."""
+
+    def __init__(self, limiter: Limiter, usage: KeyUsage) -> None:
+        self.limiter, self.usage, self.key = limiter, usage, usage.info
+        self.session_id = uuid.uuid4().hex
+        self.opened_at = self.last_active = time.monotonic()
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+        self.close_code = 1000
+        self.closed = False
+        self._reported_at = 0.0
+
+    def report_due(self) -> bool:
+        """True at most once a second: a flooding client gets one limit error a second, not one
+        per dropped message."""
+        now = time.monotonic()
+        if now - self._reported_at < REPORT_EVERY_S:
+            return False
+        self._reported_at = now
+        return True
+
+    def message(self) -> None:
+        """One client message; raises LimitExceeded over the key's rate."""
+        self.last_active = time.monotonic()
+        self.usage.message()
+
+    def audio(self, seconds: float) -> None:
+        """Client audio; raises LimitExceeded over the key's audio seconds per minute."""
+        self.last_active = time.monotonic()
+        self.usage.spend_audio(seconds)
+
+    def end(self, reason: str, code: int = 1008) -> None:
+        """Asks the session to end (first reason wins)."""
+        if not self.ended.is_set():
+            self.end_reason, self.close_code = reason, code
+            self.ended.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.usage.leases.discard(self)
+            self.limiter.closed.set()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Limiter:
+    def __init__(
+        self, store: KeyStore | None = None, max_session_s: float = 0.0, idle_timeout_s: float = 0.0
+    ) -> None:
+        self.store = store
+        self.max_session_s, self.idle_timeout_s = max_session_s, idle_timeout_s
+        self.usage: dict[str, KeyUsage] = {}  # bounded: one entry per valid key
+        self.draining = False
+        self.closed = asyncio.Event()  # pulsed when a lease closes (drain waits on it)
+        self._watcher: asyncio.Task[None] | None = None
+
+    def _usage(self, key: KeyInfo) -> KeyUsage:
+        usage = self.usage.get(key.id)
+        if usage is None or usage.info != key:  # new limits apply from the next session
+            usage = KeyUsage(key, usage.leases if usage else set())
+            self.usage[key.id] = usage
+        return usage
+
+    def open_session(self, key: KeyInfo) -> Lease:
+        """A lease for a new session of ``key``; raises LimitExceeded (503 while draining)."""
+        if self.draining:
+            raise LimitExceeded("server shutting down", status=503)
+        usage = self._usage(key)
+        limit = key.limits.max_sessions
+        if limit and len(usage.leases) >= limit:
+            raise LimitExceeded(f"rate limit: this key already has {limit} open sessions")
+        lease = Lease(self, usage)
+        usage.leases.add(lease)
+        return lease
+
+    def request(self, key: KeyInfo, audio_s: float = 0.0) -> None:
+        """One HTTP request of ``key`` (counts as a message, plus its audio); raises LimitExceeded."""
+        usage = self._usage(key)
+        usage.message()
+        if audio_s:
+            usage.spend_audio(audio_s)
+
+    def leases(self) -> list[Lease]:
+        return [lease for usage in self.usage.values() for lease in usage.leases]
+
+    def end_key(self, key_id: str, reason: str = "API key revoked") -> int:
+        usage = self.usage.get(key_id)
+        leases = list(usage.leases) if usage else []
+        for lease in leases:
+            lease.end(reason, 1008)
+        return len(leases)
+
+    async def drain(self, timeout_s: float, reason: str = "server shutting down") -> int:
+        """Refuses new sessions, asks every open one to end (1001), waits up to ``timeout_s``."""
+        self.draining = True
+        open_leases = self.leases()
+        for lease in open_leases:
+            lease.end(reason, 1001)
+        deadline = time.monotonic() + timeout_s
+        while self.leases() and time.monotonic() < deadline:
+            self.closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), max(0.01, deadline - time.monotonic()))
+        left = len(self.leases())
+        log.info("drained %d sessions (%d still open)", len(open_leases) - left, left)
+        return left
+
+    # ---- the watcher: revocations, idle and overlong sessions --------------------------------
+
+    def start(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        polled = 0.0
+        while True:
+            await asyncio.sleep(WATCH_EVERY_S)
+            now = time.monotonic()
+            for lease in self.leases():
+                if self.max_session_s and now - lease.opened_at > self.max_session_s:
+                    lease.end(f"session time limit ({self.max_session_s:g} s) reached", 1008)
+                elif self.idle_timeout_s and now - lease.last_active > self.idle_timeout_s:
+                    lease.end(f"idle for more than {self.idle_timeout_s:g} s", 1000)
+            if self.store is not None and now - polled >= REVOKED_POLL_S:
+                polled = now
+                await self._end_revoked()
+
+    async def _end_revoked(self) -> None:
+        open_ids = {key_id for key_id, usage in self.usage.items() if usage.leases and usage.info.stored}
+        if not open_ids or self.store is None:
+            return
+        try:
+            revoked = await asyncio.to_thread(self.store.revoked_ids)
+        except Exception:  # a locked or missing store must not stop the watcher
+            log.exception("reading revoked keys failed")
+            return
+        for key_id in open_ids & revoked:
+            log.info("key %s revoked: ending its %d sessions", key_id, self.end_key(key_id))

@@ -1,0 +1,77 @@
+"""The conversation store on its own: turns in order per session, what a History listener keeps,
+and write failures reported instead of raised into the engine.
+(The store inside a real server: tests/test_shutdown.py and tests/test_faults.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from voxloop.backends.llm.base import ChatMessage, ToolCall
+from voxloop.engine.history import History
+from voxloop.server.history_store import ConversationStore, HistoryError
+
+
+async def test_turns_in_order_per_session(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path / "history.db")
+    await asyncio.gather(*(store.record("a", "user", f"question {i}", at=100.0 + i) for i in range(5)))
+    await store.record("b", "assistant", "other session", key_id="k1")
+    key_id, turns = store.turns("a")
+    assert [t.text for t in sorted(turns, key=lambda t: t.at)] == [f"question {i}" for i in range(5)]
+    assert store.turns("b")[0] == "k1" and store.turns("nobody") is None
+    assert key_id is None
+    store.close()
+    db = sqlite3.connect(tmp_path / "history.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_history_listener_keeps_spoken_turns_only(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path / "history.db")
+    errors: list[str] = []
+    history = History()
+    history.listeners.append(store.listener("s1", "k", errors.append))
+    call = ToolCall("c1", "get_time", {})
+    history.extend(
+        [
+            ChatMessage("user", "What time is it?"),
+            ChatMessage("assistant", "", tool_calls=[call]),
+            ChatMessage("tool", '{"time": "10:00"}', tool_call_id="c1"),
+            ChatMessage("assistant", "It is ten."),
+        ]
+    )
+    for _ in range(100):
+        if (found := store.turns("s1")) is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert found is not None and [(t.role, t.text) for t in found[1]] == [
+        ("user", "What time is it?"),
+        ("assistant", "It is ten."),
+    ]
+    assert not errors
+    store.close()
+
+
+async def test_write_failures_are_reported_not_raised_into_the_engine(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    store = ConversationStore(path)
+    blocker = sqlite3.connect(path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database: every write fails
+    store._db.execute("PRAGMA busy_timeout = 50")
+    with pytest.raises(HistoryError, match="not saved"):
+        await store.record("s", "user", "lost")
+    errors: list[str] = []
+    history = History()
+    history.listeners.append(store.listener("s", None, errors.append))
+    history.extend([ChatMessage("user", "hi"), ChatMessage("assistant", "hello")])  # does not raise
+    for _ in range(200):
+        if errors:
+            break
+        await asyncio.sleep(0.02)
+    assert errors and "not saved" in errors[0]
+    blocker.rollback()
+    await store.record("s", "user", "saved again")  # the store recovers once the disk does
+    assert [t.text for t in store.turns("s")[1]] == ["saved again"]
+    store.close()
