@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.server import RunningServer, start_server
-from tests.speech import espeak_wav, word_error_rate
+from tests.speech import espeak_wav, normalize_words, word_error_rate
 from tests.voiceagent_client import VoiceAgentClient, b64, decode, encode
 from voxloop.audio.pcm import float_to_pcm16
 from voxloop.engine.tools import builtin_tools
@@ -203,10 +203,19 @@ def test_audio_without_a_format_is_recognised_from_its_bytes(voice: VoiceAgentCl
     assert word_error_rate(QUESTION, heard["text"]) <= 0.2, heard
 
 
-def test_interrupt_and_new_input_stop_the_reply(voice: VoiceAgentClient) -> None:
+def test_interrupt_and_new_input_stop_the_reply(server: RunningServer, voice: VoiceAgentClient) -> None:
+    def said(kind: str, field: str, start: float) -> list[str]:
+        return normalize_words(" ".join(m[field] for m in voice.between(start, kind=kind)))
+
     sent = voice.ask(STORY)
     voice.wait_type("audio_chunk", sent, timeout=120)
+    time.sleep(1.0)  # the user hears a few words
+    deadline = time.monotonic() + 30
+    while len(said("text_delta", "text", sent)) <= len(said("audio_chunk", "text", sent)) + 3:
+        assert time.monotonic() < deadline, "the LLM never wrote ahead of the speech"
+        time.sleep(0.05)
     cut = voice.send({"type": "interrupt", "reason": "button_click"})
+    spoken, written = said("audio_chunk", "text", sent), said("text_delta", "text", sent)
     stopped = voice.wait_type("speech_interrupted", cut, timeout=10)
     assert stopped.body["reason"] == "button_click"
     voice.wait_type("stream_abort", cut, timeout=10)
@@ -221,6 +230,14 @@ def test_interrupt_and_new_input_stop_the_reply(voice: VoiceAgentClient) -> None
     assert voice.wait_type("speech_interrupted", cut, timeout=10).body["reason"] == "user_speaking"
     complete = voice.wait_type("response_complete", cut).body
     assert "paris" in complete["text"].lower() and "dragon" not in complete["text"].lower(), complete
+
+    # The history keeps what the user heard of the first story, not what the LLM had written.
+    session_id = voice.ws.response.headers["X-Voxloop-Session"]
+    stored = httpx.get(f"{server.http}/v1/sessions/{session_id}", headers={"X-API-Key": server.api_key})
+    turns = stored.json()["turns"]
+    assert [t["role"] for t in turns[:2]] == ["user", "assistant"] and turns[0]["text"] == STORY, turns
+    heard = normalize_words(turns[1]["text"])
+    assert heard and heard == spoken[: len(heard)] and len(heard) < len(written), (heard, spoken, written)
 
 
 # Greedy decoding: at the default temperature the 0.5B model now and then writes the call as prose.
