@@ -2,7 +2,7 @@
 embedded models: transcript sent -> first text_delta, first audio_chunk (a whole spoken MP3
 sentence or clause) and response_complete.
 
-Run: .venv/bin/python bench/bench_voiceagent.py [--turns 8]
+Run: .venv/bin/python bench/bench_voice_agent.py [--turns 8]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.stats import summary
 from tests.server import start_server
-from tests.voiceagent_client import VoiceAgentClient
+from tests.voice_agent_client import VoiceAgentClient
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 
 from tests.server import RunningServer, start_server
 from tests.speech import espeak_wav, normalize_words, word_error_rate
-from tests.voiceagent_client import VoiceAgentClient, b64, decode, encode
+from tests.voice_agent_client import VoiceAgentClient, b64, decode, encode
 from voxloop.audio.pcm import float_to_pcm16
 from voxloop.engine.tools import builtin_tools
 from voxloop.protocols.voice_agent.frames import MAX_FRAME_BYTES, FrameRejected, parse_frame, sniff
