@@ -48,6 +48,7 @@ def main() -> None:
         client.close()
     finally:
         server.stop()
+    print("per turn, first audio_chunk (s):", [round(s, 2) for s in first_audio])
     print(summary("typed question -> first text_delta", first_text))
     print(summary("typed question -> first audio_chunk", first_audio))
     print(summary("typed question -> response_complete", complete))
