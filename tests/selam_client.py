@@ -32,6 +32,8 @@ class SelamClient:
     url: str  # http://host:port
     api_key: str | None
     voice: str | None = "alloy"
+    headers: dict[str, str] | None = None  # e.g. a browser's Origin (websocket-client sets its own)
+    transports: tuple[str, ...] = ("websocket",)
     log: list[Event] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -66,7 +68,11 @@ class SelamClient:
             f"{k}={v}" for k, v in (("api_key", self.api_key), ("voice", self.voice)) if v is not None
         )
         self.sio.connect(
-            f"{self.url}?{query}", namespaces=[NAMESPACE], transports=["websocket"], wait_timeout=20
+            f"{self.url}?{query}",
+            headers=self.headers or {},
+            namespaces=[NAMESPACE],
+            transports=list(self.transports),
+            wait_timeout=20,
         )
         return self
 

@@ -22,9 +22,10 @@ from voxloop.audio.pcm import AudioFormatError
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
-from voxloop.protocols.common import new_session, run_session
+from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
 from voxloop.protocols.lokutor.common import check_sample_rate
 from voxloop.protocols.selam.options import SelamError, StartOptions, barge_in_for, parse_start, turn_for
+from voxloop.server.limits import Lease
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,17 @@ Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class SelamAgent:
-    def __init__(self, backends: Backends, emit: Emit, hang_up: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        backends: Backends,
+        emit: Emit,
+        hang_up: Callable[[], Awaitable[None]],
+        lease: Lease | None = None,
+        state: Any = None,
+    ) -> None:
         self.backends, self.emit, self.hang_up = backends, emit, hang_up
+        self.lease, self.state = lease, state  # the connection's lease; app state for the history store
+        self.reports: set[asyncio.Task[None]] = set()
         self.session: Session | None = None
         self.session_id: str | None = None
         self.runner: asyncio.Task[None] | None = None
@@ -53,6 +63,7 @@ class SelamAgent:
         options = parse_start(data, default_voice, self.backends.speaker)
         session = self._new_session(options)
         self.session, self.session_id = session, f"sess_{uuid.uuid4().hex}"
+        keep_history(session, self.state, self.lease, self.report, session_id=self.session_id)
         self.ending = asyncio.Event()
         self.runner = asyncio.create_task(self._run(session, self.ending))
         await self.emit(
@@ -109,6 +120,11 @@ class SelamAgent:
         except ValueError as exc:
             raise SelamError("audio_error", str(exc), "bad_sample_rate") from exc
         pcm = _decode_audio(data.get("audio"))
+        admitted, refusal = admit_audio(self.lease, len(pcm) / 2 / rate)
+        if refusal:
+            raise SelamError("authorization_error", refusal, "rate_limited")  # as for the message rate
+        if not admitted:
+            return  # over the key's audio budget: dropped (the client was told this second)
         if rate != session.config.input_rate:
             session.configure(input_rate=rate)
         try:
@@ -178,6 +194,12 @@ class SelamAgent:
                 await self.hang_up()  # the client stopped reading: free the models for others
             else:
                 await self._send_error(SelamError("session_error", "the session ended; start a new one"))
+
+    def report(self, message: str) -> None:
+        """An error found off the event path (a failed history write): sent when it can be."""
+        task = asyncio.create_task(self._send_error(SelamError("session_error", message, "history_error")))
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
 
     async def _send_error(self, error: SelamError) -> None:
         with contextlib.suppress(Exception):

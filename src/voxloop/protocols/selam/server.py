@@ -3,6 +3,12 @@
 python-socketio handles the transport (websocket, and polling for clients that start with it);
 events of one client are handled in order (``async_handlers=False``), each client in its own
 reader task, so a slow or hostile client holds up only itself.
+
+Each connection holds one lease of its API key (one "session" against the key's max sessions,
+whatever number of start_session it runs): every event counts against the key's message rate and
+every audio_chunk against its audio budget (over either: an ``authorization_error`` with code
+``rate_limited``, the event dropped); when the lease ends (key revoked, idle, session time limit,
+server draining) the client gets an ``error`` with the reason and is disconnected.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from starlette.requests import HTTPConnection
 
 from voxloop.protocols.selam.agent import SelamAgent
 from voxloop.protocols.selam.options import SelamError, voice_id
+from voxloop.server.guard import origin_allowed
+from voxloop.server.limits import Lease, LimitExceeded
 from voxloop.server.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,7 @@ MAX_MESSAGE = 4 << 20  # one Socket.IO message; an audio_chunk holds at most 1 M
 MAX_QUEUED = 64  # packets waiting for a client before its emits wait (bounded memory)
 STALL_S = 10.0  # a client that reads nothing for this long is disconnected
 REFUSE_AFTER_S = 0.5  # a refused client is disconnected this long after its error
+RATE_LIMITED, SHUTTING_DOWN = "rate_limited", "server_shutting_down"  # error codes
 
 
 class SelamNamespace(socketio.AsyncNamespace):
@@ -34,6 +43,8 @@ class SelamNamespace(socketio.AsyncNamespace):
         self.app = app
         self.agents: dict[str, SelamAgent] = {}
         self.voices: dict[str, str] = {}  # the voice each client named when connecting
+        self.leases: dict[str, Lease] = {}
+        self.watches: dict[str, asyncio.Task[None]] = {}  # each lease's end, told to its client
         self.hanging_up: set[asyncio.Task[None]] = set()
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
@@ -45,6 +56,8 @@ class SelamNamespace(socketio.AsyncNamespace):
         sid, data = args[0], args[1] if len(args) > 1 else None
         agent = self.agents.get(sid)
         if agent is None:  # refused connections get nothing more
+            return None
+        if not await self.within_message_rate(sid):
             return None
         try:
             if event == "start_session":
@@ -68,26 +81,57 @@ class SelamNamespace(socketio.AsyncNamespace):
     def default_voice(self) -> str:
         return self.app.state.backends.settings.default_voice
 
+    async def within_message_rate(self, sid: str) -> bool:
+        """Over the key's message rate the event is dropped and the client told (once a second)."""
+        lease = self.leases.get(sid)
+        if lease is None:
+            return True
+        try:
+            lease.message()
+            return True
+        except LimitExceeded as exc:
+            ERRORS.labels(NAMESPACE, "rate_limited").inc()
+            if lease.report_due():
+                error = SelamError("authorization_error", exc.message, RATE_LIMITED)
+                await self.send(sid, "error", error.payload())
+            return False
+
+    async def refuse(self, sid: str, error: SelamError) -> bool:
+        await self.send_error(sid, error)
+        # Socket.IO acknowledged the connect already (always_connect), so the client sees this
+        # `error`; the disconnect follows a moment later, because python-socketio ignores a
+        # disconnect that arrives while its connect() call is still returning.
+        asyncio.get_running_loop().call_later(REFUSE_AFTER_S, self.hang_up_soon, sid)
+        return True
+
     async def connect(self, sid: str, environ: dict[str, Any], auth: object) -> bool:
         scope = environ.get("asgi.scope", {})
         connection = HTTPConnection(scope)
+        state = self.app.state
+        origin = connection.headers.get("origin")
+        if not (origin_allowed(origin, state.cors_origins) or same_origin(connection, origin)):
+            error = SelamError("authorization_error", "forbidden: origin not allowed", "forbidden_origin")
+            return await self.refuse(sid, error)
         key = _auth_key(auth)
-        keys = self.app.state.keys
-        if not (keys.accepts(key) if key is not None else keys.allows(connection)):
-            ERRORS.labels(NAMESPACE, "authentication_error").inc()
-            await self.send_error(
-                sid, SelamError("authentication_error", "invalid or missing API key", "invalid_api_key")
-            )
-            # Socket.IO acknowledged the connect already (always_connect), so the client sees this
-            # `error`; the disconnect follows a moment later, because python-socketio ignores a
-            # disconnect that arrives while its connect() call is still returning.
-            asyncio.get_running_loop().call_later(REFUSE_AFTER_S, self.hang_up_soon, sid)
-            return True
+        info = state.keys.identify(key if key is not None else state.keys.key_of(connection))
+        if info is None:
+            error = SelamError("authentication_error", "invalid or missing API key", "invalid_api_key")
+            return await self.refuse(sid, error)
+        try:
+            lease = state.limits.open_session(info)
+        except LimitExceeded as exc:
+            if exc.status == 503:
+                return await self.refuse(sid, SelamError("session_error", exc.message, SHUTTING_DOWN))
+            return await self.refuse(sid, SelamError("authorization_error", exc.message, RATE_LIMITED))
+        self.leases[sid] = lease
+        self.watches[sid] = asyncio.create_task(self.watch(sid, lease))
         backends = self.app.state.backends
         voice = connection.query_params.get("voice") or (
             auth.get("voice") if isinstance(auth, dict) else None
         )
-        agent = SelamAgent(backends, lambda name, data: self.send(sid, name, data), lambda: self.hang_up(sid))
+        agent = SelamAgent(
+            backends, lambda name, data: self.send(sid, name, data), lambda: self.hang_up(sid), lease, state
+        )
         self.agents[sid] = agent
         SESSIONS.labels(NAMESPACE).inc()
         message = "Connected to the voxloop voice agent. Send start_session to begin."
@@ -106,9 +150,27 @@ class SelamNamespace(socketio.AsyncNamespace):
     async def disconnect_agent(self, sid: str) -> None:
         agent = self.agents.pop(sid, None)
         self.voices.pop(sid, None)
+        watch = self.watches.pop(sid, None)
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+        try:
+            if agent is not None:
+                SESSIONS.labels(NAMESPACE).dec()
+                await agent.close()
+        finally:
+            lease = self.leases.pop(sid, None)
+            if lease is not None:
+                lease.close()
+
+    async def watch(self, sid: str, lease: Lease) -> None:
+        """When the lease ends (key revoked, idle, too long, server draining): tell, then hang up."""
+        await lease.ended.wait()
+        kind, code = lease_end_error(lease)
+        await self.send_error(sid, SelamError(kind, lease.end_reason, code))
+        agent = self.agents.get(sid)
         if agent is not None:
-            SESSIONS.labels(NAMESPACE).dec()
-            await agent.close()
+            await agent.close()  # the models are free before the client is gone
+        await self.disconnect(sid)
 
     def owner_exists(self, session_id: str) -> bool:
         return any(agent.session_id == session_id for agent in self.agents.values())
@@ -139,6 +201,22 @@ class SelamNamespace(socketio.AsyncNamespace):
         task = asyncio.get_running_loop().create_task(self.disconnect(sid))  # not inside its own task
         self.hanging_up.add(task)
         task.add_done_callback(self.hanging_up.discard)
+
+
+def same_origin(connection: HTTPConnection, origin: str | None) -> bool:
+    """An Origin naming this server itself: python-socketio clients send their target's address as
+    Origin (websocket-client does), and a page served by this server is not another site."""
+    host = connection.headers.get("host")
+    return origin is not None and host is not None and origin.rstrip("/").split("://", 1)[-1] == host
+
+
+def lease_end_error(lease: Lease) -> tuple[str, str]:
+    """The seed's error type and a code for why the lease ended."""
+    if lease.close_code == 1001:
+        return "session_error", SHUTTING_DOWN
+    if lease.end_reason == "API key revoked":
+        return "authentication_error", "key_revoked"
+    return "session_error", "session_limit"
 
 
 def _auth_key(auth: object) -> str | None:

@@ -13,6 +13,11 @@ In: a JSON ``start`` message first (it authenticates, see start.py), then binary
   the next reply has seq N and nothing of a lower seq is sent after it;
 - ``{"type": "error", "message", "seq"}``.
 
+The start token is the API key: the key's limits apply (open sessions, messages and audio per
+second, revocation, idle and session time limits, server drain: see docs/operations.md), and every
+committed turn is kept under the client's ``session_id`` (``GET /v1/sessions/{session_id}``; a
+resumed session goes on writing under it).
+
 Every reply gets the next seq, so a client that stops audio of a lower seq (as the Soca docs ask)
 never plays two replies at once.
 """
@@ -37,11 +42,14 @@ from voxloop.config import Settings
 from voxloop.engine import events
 from voxloop.engine.barge_in import BargeInRules
 from voxloop.engine.session import Session
-from voxloop.protocols.common import new_session, run_session
+from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
 from voxloop.protocols.lokutor.common import parse_json
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
 from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
-from voxloop.server.metrics import SESSIONS
+from voxloop.server.guard import origin_allowed, run_leased
+from voxloop.server.keys import KeyInfo
+from voxloop.server.limits import Lease, LimitExceeded
+from voxloop.server.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +114,10 @@ class SocaSessions:
 
 
 class SocaVoice:
-    def __init__(self, websocket: WebSocket, session: Session, start: Start, seq: int = 0) -> None:
-        self.websocket, self.session, self.start = websocket, session, start
+    def __init__(
+        self, websocket: WebSocket, session: Session, start: Start, lease: Lease | None = None, seq: int = 0
+    ) -> None:
+        self.websocket, self.session, self.start, self.lease = websocket, session, start, lease
         self.owner = owner_of(start.token)
         self.seq = seq  # the newest seq given out
         self.floor = seq  # messages of a lower seq are stale: never sent
@@ -115,7 +125,8 @@ class SocaVoice:
         self.reply_seq: dict[int, int] = {}  # engine generation -> seq
         self.outbox = Outbox()
         self.taken_over = asyncio.Event()  # the same session_id connected again
-        self.finished = asyncio.Event()  # history saved: a takeover may read it
+        self.finished = asyncio.Event()  # history saved and lease closed: a takeover may go on
+        self.reports: set[asyncio.Task[None]] = set()
 
     # ---- client -> engine ----------------------------------------------------------------
 
@@ -126,12 +137,19 @@ class SocaVoice:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return
+                if not await self.within_message_rate():
+                    continue
                 if (data := message.get("bytes")) is not None:
                     if len(data) > max_frame or len(data) % 2:
                         await self.error(
                             f"audio frames must be PCM16LE mono of at most {MAX_FRAME_S:g} s "
                             f"({max_frame} bytes at {self.start.sr} Hz); got {len(data)} bytes"
                         )
+                        continue
+                    admitted, refusal = admit_audio(self.lease, len(data) / 2 / self.start.sr)
+                    if refusal:
+                        await self.error(refusal)
+                    if not admitted:
                         continue
                     try:
                         await self.session.push_audio(data)
@@ -140,6 +158,19 @@ class SocaVoice:
                 elif (text := message.get("text")) is not None:
                     if await self.handle_text(text):
                         return
+
+    async def within_message_rate(self) -> bool:
+        """Over the key's message rate the message is dropped and the client told (once a second)."""
+        if self.lease is None:
+            return True
+        try:
+            self.lease.message()
+            return True
+        except LimitExceeded as exc:
+            ERRORS.labels(self.websocket.url.path, "rate_limited").inc()
+            if self.lease.report_due():
+                await self.error(exc.message)
+            return False
 
     async def handle_text(self, raw: str) -> bool:
         """A JSON control message; True when the client ends the session."""
@@ -206,6 +237,19 @@ class SocaVoice:
     async def error(self, message: str) -> None:
         await self.send({"type": "error", "message": message}, self.seq)
 
+    def report(self, message: str) -> None:
+        """An error found off the receive path (a failed history write): queued when it can be."""
+        task = asyncio.create_task(self.error(message))
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
+
+    async def tell_end(self, lease: Lease) -> None:
+        """The lease ended (key revoked, idle, too long, server draining): say why, then close."""
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            ended = {"type": "error", "message": lease.end_reason, "seq": self.seq}
+            await self.websocket.send_text(json.dumps(ended))
+            await self.websocket.close(code=lease.close_code, reason=lease.end_reason[:120])
+
     async def send_loop(self) -> None:
         """The only writer to the socket: checks the seq floor last thing before each send."""
         while True:
@@ -233,14 +277,15 @@ def barge_rules(gate: BargeGate) -> BargeInRules:
     )
 
 
-async def refuse(websocket: WebSocket, message: str) -> None:
+async def refuse(websocket: WebSocket, message: str, kind: str = "invalid", code: int = 1008) -> None:
+    ERRORS.labels(websocket.url.path, kind).inc()
     with contextlib.suppress(Exception):
         await websocket.send_text(json.dumps({"type": "error", "message": message}))
-        await websocket.close(code=1008)
+        await websocket.close(code=code)
 
 
-async def read_start(websocket: WebSocket, backends: Backends) -> Start | None:
-    """The validated start message, or None once the client was told why not and closed."""
+async def read_start(websocket: WebSocket, backends: Backends) -> tuple[Start, KeyInfo] | None:
+    """The validated start message and its key, or None once the client was told why not and closed."""
     try:
         first = await asyncio.wait_for(websocket.receive(), START_TIMEOUT_S)
     except TimeoutError:
@@ -256,33 +301,27 @@ async def read_start(websocket: WebSocket, backends: Backends) -> Start | None:
         await refuse(websocket, "must start with type=start")
         return None
     try:  # authenticate before anything else is looked at
-        if not websocket.app.state.keys.accepts(token_of(message)):
-            raise ValueError("Invalid or expired token")
-    except ValueError as exc:
-        await refuse(websocket, str(exc))
+        info = websocket.app.state.keys.identify(token_of(message))
+    except ValueError:
+        info = None
+    if info is None:
+        await refuse(websocket, "Invalid or expired token", "unauthorized")
         return None
     try:
-        return parse_start(message, backends.settings)
+        return parse_start(message, backends.settings), info
     except ValueError as exc:
         await refuse(websocket, str(exc))
         return None
 
 
-async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
-    await websocket.accept()
-    start = await read_start(websocket, backends)
-    if start is None:
-        return
-    sessions = SocaSessions.of(websocket, backends.settings)
-    owner = owner_of(start.token)
-    previous = sessions.live.get(start.session_id)
-    if (previous.owner if previous else sessions.store.owner(start.session_id)) not in (None, owner):
-        await refuse(websocket, "session_id is in use by another key")
-        return
-    if previous is not None:
-        previous.taken_over.set()  # the newest connection wins: the old one may be a dead network path
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(previous.finished.wait(), TAKEOVER_WAIT_S)
+async def history_owner(state: Any, session_id: str) -> str | None:
+    """The key whose turns the history store keeps under ``session_id`` (None: no turns)."""
+    store = getattr(state, "history", None)
+    found = await asyncio.to_thread(store.turns, session_id) if store is not None else None
+    return found[0] if found else None
+
+
+def session_changes(start: Start) -> dict[str, Any]:
     changes: dict[str, Any] = dict(
         input_rate=start.sr,
         output_rate=OUTPUT_RATE,
@@ -295,27 +334,68 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
         changes["prompt"] = start.prompt
     if start.voice is not None:
         changes["voice"] = start.voice
-    try:
-        session = new_session(backends, **changes)
-    except ValueError as exc:
-        await refuse(websocket, str(exc))
+    return changes
+
+
+async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
+    state = websocket.app.state
+    await websocket.accept()
+    if not origin_allowed(websocket.headers.get("origin"), state.cors_origins):
+        await refuse(websocket, "forbidden: origin not allowed", "forbidden")
         return
-    saved = sessions.store.take(start.session_id, owner)
-    if saved is not None:
-        session.history.extend(saved.messages)
-    voice = SocaVoice(websocket, session, start, seq=saved.seq if saved else 0)
-    sessions.live[start.session_id] = voice
+    opened = await read_start(websocket, backends)
+    if opened is None:
+        return
+    start, key = opened
+    sessions = SocaSessions.of(websocket, backends.settings)
+    owner = owner_of(start.token)
+    previous = sessions.live.get(start.session_id)
+    if (previous.owner if previous else sessions.store.owner(start.session_id)) not in (None, owner) or (
+        await history_owner(state, start.session_id) not in (None, key.id)  # its turns are another key's
+    ):
+        await refuse(websocket, "session_id is in use by another key")
+        return
+    if previous is not None:
+        previous.taken_over.set()  # the newest connection wins: the old one may be a dead network path
+        with contextlib.suppress(TimeoutError):  # its lease is closed by then: it does not count twice
+            await asyncio.wait_for(previous.finished.wait(), TAKEOVER_WAIT_S)
     try:
-        ready = {"type": "ready", "session_id": start.session_id, "resumed": saved is not None}
-        await voice.send(ready, voice.seq)
-        stalled = await run_session(
-            session, voice.receive(), voice.forward_events(), voice.send_loop(), voice.taken_over.wait()
-        )
-    finally:
-        sessions.store.save(start.session_id, Saved(owner, list(session.history.messages), voice.seq))
-        if sessions.live.get(start.session_id) is voice:
-            del sessions.live[start.session_id]
-        voice.finished.set()
+        lease = state.limits.open_session(key)
+    except LimitExceeded as exc:
+        await refuse(websocket, exc.message, "rate_limited", 1013 if exc.status == 429 else 1001)
+        return
+    with lease:  # closed on every path
+        try:
+            session = new_session(backends, **session_changes(start))
+        except ValueError as exc:
+            await refuse(websocket, str(exc))
+            return
+        saved = sessions.store.take(start.session_id, owner)
+        if saved is not None:
+            session.history.extend(saved.messages)  # stored already: the history listener comes after
+        voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
+        keep_history(session, state, lease, voice.report, session_id=start.session_id)
+        sessions.live[start.session_id] = voice
+        try:
+            await run_leased(lease, converse(voice, resumed=saved is not None), voice.tell_end)
+        finally:
+            if not session.closed:  # the lease ended before the conversation even began
+                await session.close()
+            sessions.store.save(start.session_id, Saved(owner, list(session.history.messages), voice.seq))
+            if sessions.live.get(start.session_id) is voice:
+                del sessions.live[start.session_id]
+            lease.close()
+            voice.finished.set()
+
+
+async def converse(voice: SocaVoice, resumed: bool) -> None:
+    """The session until the client ends it, stalls or is taken over; then the socket is closed."""
+    websocket = voice.websocket
+    ready = {"type": "ready", "session_id": voice.start.session_id, "resumed": resumed}
+    await voice.send(ready, voice.seq)
+    stalled = await run_session(
+        voice.session, voice.receive(), voice.forward_events(), voice.send_loop(), voice.taken_over.wait()
+    )
     if websocket.client_state != WebSocketState.CONNECTED:
         return
     with contextlib.suppress(Exception):
