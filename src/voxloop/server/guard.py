@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -38,9 +39,15 @@ def lease_of(websocket: WebSocket) -> Lease | None:
     return getattr(websocket.state, "lease", None)
 
 
-def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
-    """Browsers send Origin; other clients do not and are not restricted by it."""
-    return not allowed or origin is None or "*" in allowed or origin.rstrip("/") in allowed
+def origin_allowed(connection: HTTPConnection, allowed: list[str]) -> bool:
+    """Browsers send Origin; other clients do not and are not restricted by it. An Origin naming
+    this server itself is allowed too: a page it serves (the playground) is not another site, and
+    some clients (python-socketio's websocket-client) send their target's address as Origin."""
+    origin = connection.headers.get("origin")
+    if not allowed or origin is None or "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    host = connection.headers.get("host")
+    return host is not None and origin.rstrip("/").split("://", 1)[-1] == host
 
 
 async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Lease], Awaitable[None]]) -> None:
@@ -98,7 +105,7 @@ class GuardedRoute:
                         await send({"type": "websocket.send", "text": self.error_shape(exc.message)})
 
         websocket = WebSocket(scope, metered, send)
-        if not origin_allowed(websocket.headers.get("origin"), state.cors_origins):
+        if not origin_allowed(websocket, state.cors_origins):
             await self.refuse(websocket, "forbidden: origin not allowed", "forbidden", 1008)
             return
         keys: KeyCheck = state.keys

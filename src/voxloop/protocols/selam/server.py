@@ -108,8 +108,7 @@ class SelamNamespace(socketio.AsyncNamespace):
         scope = environ.get("asgi.scope", {})
         connection = HTTPConnection(scope)
         state = self.app.state
-        origin = connection.headers.get("origin")
-        if not (origin_allowed(origin, state.cors_origins) or same_origin(connection, origin)):
+        if not origin_allowed(connection, state.cors_origins):
             error = SelamError("authorization_error", "forbidden: origin not allowed", "forbidden_origin")
             return await self.refuse(sid, error)
         key = _auth_key(auth)
@@ -201,13 +200,6 @@ class SelamNamespace(socketio.AsyncNamespace):
         task = asyncio.get_running_loop().create_task(self.disconnect(sid))  # not inside its own task
         self.hanging_up.add(task)
         task.add_done_callback(self.hanging_up.discard)
-
-
-def same_origin(connection: HTTPConnection, origin: str | None) -> bool:
-    """An Origin naming this server itself: python-socketio clients send their target's address as
-    Origin (websocket-client does), and a page served by this server is not another site."""
-    host = connection.headers.get("host")
-    return origin is not None and host is not None and origin.rstrip("/").split("://", 1)[-1] == host
 
 
 def lease_end_error(lease: Lease) -> tuple[str, str]:

@@ -340,7 +340,7 @@ def session_changes(start: Start) -> dict[str, Any]:
 async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
     state = websocket.app.state
     await websocket.accept()
-    if not origin_allowed(websocket.headers.get("origin"), state.cors_origins):
+    if not origin_allowed(websocket, state.cors_origins):
         await refuse(websocket, "forbidden: origin not allowed", "forbidden")
         return
     opened = await read_start(websocket, backends)
