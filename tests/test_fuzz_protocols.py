@@ -398,9 +398,17 @@ def test_soca_session_survives_random_frames(server: RunningServer) -> None:
             # Every text frame, and every audio frame of an odd or oversized length, gets an error.
             expected = sum(kind == "text" or len(f) % 2 == 1 or len(f) > MAX_FRAME for kind, f in frames)
             ws.send(json.dumps({"type": "start"}))  # still there: a second start is refused
-            received = soca_messages_until(
-                ws, lambda m: m["type"] == "error" and m["message"] == "already started"
+            starts = 1 + sum(
+                isinstance(m := soca_parse(f), dict) and m.get("type") == "start" for _, f in frames
             )
+            refused: list[dict[str, Any]] = []
+
+            def last_start_refused(message: dict[str, Any]) -> bool:
+                if message["type"] == "error" and message["message"] == "already started":
+                    refused.append(message)
+                return len(refused) == starts
+
+            received = soca_messages_until(ws, last_start_refused)
             errors = [m for m in received if m["type"] == "error"]
             assert len(errors) - 1 == expected, (expected, errors)
             assert all(isinstance(m["message"], str) and m["message"] for m in errors)
