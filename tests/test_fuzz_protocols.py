@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -421,6 +422,7 @@ def test_soca_session_survives_random_frames(server: RunningServer) -> None:
 
 # ---- SelamGPT Socket.IO -------------------------------------------------------------------------
 
+SELAM_NAMESPACE = "/v1/audio/agent"
 SELAM_TYPES = {
     "authentication_error",
     "authorization_error",
@@ -452,7 +454,8 @@ selam_payloads = (
 # (event, payload, error types it may get): wrong whatever the session's state.
 selam_bad = st.one_of(
     st.tuples(
-        st.text(min_size=1, max_size=20).filter(lambda n: n not in SELAM_EVENTS).map(lambda n: f"x-{n}"),
+        st.text(min_size=1, max_size=20).filter(lambda n: n not in SELAM_EVENTS).map(lambda n: f"x-{n}")
+        | st.sampled_from(["connect", "disconnect"]),  # Socket.IO's own names, sent as events
         selam_payloads,
         st.just({"validation_error"}),
     ),
@@ -513,7 +516,7 @@ def test_selam_survives_random_events(server: RunningServer) -> None:
                 expected += kind == "bad"
             sentinel = f"x-sentinel-{next(ids)}"
             client.emit(sentinel)
-            client.wait("error", since, timeout=60, where=lambda e: sentinel in e.get("message", ""))
+            client.wait("error", since, timeout=20, where=lambda e: sentinel in e.get("message", ""))
             errors = client.errors(since)
             assert all(e.get("type") in SELAM_TYPES and e["error"]["type"] == e["type"] for e in errors), (
                 errors
@@ -534,3 +537,11 @@ def test_selam_survives_random_events(server: RunningServer) -> None:
 
     run()
     health.check("selam")
+    # Every connection's agent went away with it (none kept by a fake "disconnect" event).
+    deadline = time.monotonic() + 10
+    while (
+        f'voxloop_sessions{{endpoint="{SELAM_NAMESPACE}"}} 0.0'
+        not in httpx.get(f"{server.http}/metrics").text
+    ):
+        assert time.monotonic() < deadline, "SelamGPT sessions left open"
+        time.sleep(0.1)
