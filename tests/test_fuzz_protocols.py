@@ -23,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.fuzz_strategies import (
     CASES,
-    FUZZ,
+    MORE,
     Health,
     big_bytes,
     big_text,
@@ -91,7 +91,7 @@ item_junk = st.fixed_dictionaries(
     optional={
         "type": st.sampled_from(["message", "function_call_output", "function_call"]) | values,
         "role": st.sampled_from(["user", "assistant", "system"]) | values,
-        "id": values,
+        "id": values | st.sampled_from(["it-0", "it-1"]),  # later events may name these
         "call_id": values,
         "output": values,
         "content": st.lists(
@@ -111,7 +111,7 @@ rt_random = st.fixed_dictionaries(
         "session": session_junk | values,
         "audio": valid_base64 | invalid_base64 | values,
         "item": item_junk | values,
-        "item_id": values,
+        "item_id": values | st.sampled_from(["it-0", "it-1"]),
         "audio_end_ms": values,
         "content_index": values,
         "response": values,
@@ -223,7 +223,7 @@ def rt_until_updated(ws: ClientConnection, instructions: str) -> list[dict[str, 
 def test_realtime_survives_random_events(server: RunningServer) -> None:
     health = Health(server)
 
-    @FUZZ
+    @MORE
     @given(
         st.permutations(RT_OUT_OF_ORDER),
         st.lists(
@@ -340,7 +340,7 @@ def assert_closed(ws: ClientConnection, code: int) -> None:
 def test_soca_refuses_bad_first_messages(server: RunningServer) -> None:
     health = Health(server)
 
-    @FUZZ
+    @MORE
     @given(soca_first)
     def run(first: tuple[str, Any]) -> None:
         CASES["soca first message"] += 1
@@ -387,7 +387,7 @@ soca_frames = st.one_of(
 def test_soca_session_survives_random_frames(server: RunningServer) -> None:
     health = Health(server)
 
-    @FUZZ
+    @MORE
     @given(st.lists(soca_frames, min_size=1, max_size=6))
     def run(frames: list[tuple[str, Any]]) -> None:
         CASES["soca session"] += 1
@@ -487,7 +487,7 @@ def selam_connect(server: RunningServer) -> SelamClient:
 def test_selam_survives_random_events(server: RunningServer) -> None:
     health = Health(server)
 
-    @FUZZ
+    @MORE
     @given(
         st.sampled_from(
             [("control", {"action": "interrupt"}), ("audio_chunk", {"audio": "AAAA"}), ("end_session", None)]
