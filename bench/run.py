@@ -7,14 +7,24 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_tts.py", "bench_stt.py", "bench_llm.py", "bench_agent.py"]
+BENCHES = [
+    ["bench_tts.py"],
+    ["bench_stt.py"],
+    ["bench_llm.py"],
+    ["bench_agent.py"],
+    ["bench_realtime.py"],
+    ["bench_soca.py"],
+    ["bench_selam.py"],
+    ["bench_voice_agent.py"],
+    ["soak.py", "--sessions", "20", "--minutes", "5", "--out", "bench/results/soak-20x5"],
+]
 
 
 def main() -> int:
     failed = []
-    for name in BENCHES:
-        print(f"\n=== {name} ===", flush=True)
-        if subprocess.run([sys.executable, str(HERE / name)], cwd=HERE.parent).returncode != 0:
+    for name, *args in BENCHES:
+        print(f"\n=== {name} {' '.join(args)} ===", flush=True)
+        if subprocess.run([sys.executable, str(HERE / name), *args], cwd=HERE.parent).returncode != 0:
             failed.append(name)
     if failed:
         print(f"\nfailed: {', '.join(failed)}")

@@ -128,6 +128,11 @@ def test_tool_call_filter_holds_back_only_calls() -> None:
     assert undeclared.feed('{"name": "send_email", "arguments": {}}') == ""
     assert undeclared.finish() == [TextDelta('{"name": "send_email", "arguments": {}}')]
 
+    fenced = ToolCallFilter({"get_weather"})
+    pieces = ("Sure.\n", "``", '`json\n{"name": "get_weather", ', '"arguments": {"city": "Lima"}}\n```')
+    assert "".join(fenced.feed(piece) for piece in pieces) == "Sure."
+    assert [event.arguments for event in fenced.finish() if isinstance(event, ToolCall)] == [{"city": "Lima"}]
+
     prose = ToolCallFilter({"get_weather"})
     assert prose.feed("Sets use {braces} in Python") == "Sets use {braces} in Python"
     assert prose.finish() == []

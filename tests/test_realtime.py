@@ -293,6 +293,43 @@ async def test_cancel_then_truncate_removes_the_unheard_words(server: RunningSer
         assert (await collect(connection, "conversation.item.deleted", 30))[-1].item_id == item.id
 
 
+async def spoken_session(connection: Any, interrupt_response: bool) -> None:
+    await collect(connection, "session.created", 30)
+    turn = {"type": "server_vad", "silence_duration_ms": 500, "interrupt_response": interrupt_response}
+    await connection.session.update(
+        session={
+            "type": "realtime",
+            "instructions": INSTRUCTIONS,
+            "audio": {"input": {"turn_detection": turn, "transcription": {"model": "whisper-1"}}},
+        }
+    )
+    await collect(connection, "session.updated", 30)
+
+
+@pytest.mark.parametrize("interrupt_response", [True, False])
+async def test_speech_over_a_reply_barges_in_only_with_interrupt_response(
+    server: RunningServer, interrupt_response: bool
+) -> None:
+    async with client(server).realtime.connect(model=MODEL) as connection:
+        await spoken_session(connection, interrupt_response)
+        await append(connection, speech_24k(STORY))
+        first = await collect(connection, "response.output_audio.delta")
+        story_id = of_type(first, "response.created")[-1].response.id
+        await append(connection, speech_24k("Stop. What is two plus two?"), pace=1.0)
+        received = await collect(connection, "response.done")
+        story = received[-1].response
+        assert story.id == story_id
+        assert of_type(received, "input_audio_buffer.speech_started")
+        if interrupt_response:
+            assert story.status == "cancelled" and story.status_details.reason == "turn_detected"
+        else:
+            assert story.status == "completed"  # the story played to its end
+        answer = await collect(connection, "response.done")  # then the question is answered
+        assert answer[-1].response.id != story_id and answer[-1].response.status == "completed"
+        asked = of_type(received + answer, "conversation.item.input_audio_transcription.completed")
+        assert asked and "two" in asked[-1].transcript.lower()
+
+
 async def test_beta_client_gets_beta_event_names_and_g711(server: RunningServer) -> None:
     # the beta client always dials wss:// from base_url; websocket_base_url is its option for plain ws://
     beta = client(server, websocket_base_url=f"{server.ws}/v1").beta.realtime

@@ -49,6 +49,11 @@ class ToolRegistry:
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """Runs a tool; its result (or its failure) becomes text for the LLM. Sync tools run in a thread."""
         _, function = self._tools[name]
+        parameters = inspect.signature(function).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            # Small models echo the schema ({"type": "object", ...}) as arguments: drop what the
+            # function does not take rather than fail the call.
+            arguments = {key: value for key, value in arguments.items() if key in parameters}
         try:
             if inspect.iscoroutinefunction(function):
                 result = await function(**arguments)

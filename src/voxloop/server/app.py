@@ -26,6 +26,7 @@ from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.selam.server import mount_selam
 from voxloop.protocols.soca.voice import soca_endpoint
+from voxloop.protocols.voice_agent import agent as voice_agent
 from voxloop.server.auth import KeyCheck, require_key
 from voxloop.server.errors import ApiError, install_error_handlers
 from voxloop.server.guard import GuardedRoute
@@ -110,9 +111,11 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             raise ApiError(404, "not_found", f"no conversation history for session {session_id!r}")
         return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in found[1]]})
 
-    def websocket_route(path: str, handler: Handler, error_shape: Callable[[str], str]) -> None:
+    def websocket_route(
+        path: str, handler: Handler, error_shape: Callable[[str], str], subprotocol: str | None = None
+    ) -> None:
         """Origin, key, limits, revocation and drain for ``handler``: see server/guard.py."""
-        app.router.add_websocket_route(path, GuardedRoute(path, handler, error_shape))
+        app.router.add_websocket_route(path, GuardedRoute(path, handler, error_shape, subprotocol))
 
     def json_error(message: str) -> str:
         return json.dumps({"type": "error", "data": message})
@@ -121,7 +124,9 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
     websocket_route("/ws/stt", serve_stt, json_error)
     websocket_route("/ws/agent", serve_agent, json_error)
-    app.add_api_websocket_route(realtime.PATH, realtime.realtime_endpoint)  # own auth: key subprotocol
+    websocket_route(realtime.PATH, realtime.serve_realtime, realtime.error_shape, realtime.SUBPROTOCOL)
+    websocket_route("/v1/voice-agent", voice_agent.serve_voice_agent, voice_agent.error_shape)
+    websocket_route("/v1/video-agent", voice_agent.serve_video_agent, voice_agent.error_shape)
     for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
         app.add_api_websocket_route(path, soca_endpoint)
     mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent

@@ -1,5 +1,6 @@
-"""API keys: taken from the ``X-API-Key`` header, an ``Authorization: Bearer`` header, or the
-``api_key`` query parameter (browsers cannot set WebSocket headers).
+"""API keys: taken from the ``X-API-Key`` header, an ``Authorization: Bearer`` header, the
+``api_key`` query parameter or, as OpenAI's browser clients send it, a WebSocket subprotocol
+``openai-insecure-api-key.<key>`` (browsers cannot set WebSocket headers).
 
 Keys come from the configuration (``VOXLOOP_API_KEYS``, for development) and from the SQLite key
 store (``voxloop keys create``). With neither, every client is accepted as ``anonymous``.
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CACHE_S = 2.0  # a revoked key is refused for new sessions within this (open ones: the Limiter)
 CACHE_SIZE = 1024
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
 
 
 class KeyCheck:
@@ -44,9 +46,12 @@ class KeyCheck:
         if key:
             return key
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return token.strip() or None
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        for name in connection.headers.get("sec-websocket-protocol", "").split(","):
+            if name.strip().startswith(KEY_SUBPROTOCOL):
+                return name.strip()[len(KEY_SUBPROTOCOL) :] or None
+        return None
 
     def identify(self, key: str | None) -> KeyInfo | None:
         """Who ``key`` belongs to, or None when it is missing, unknown or revoked."""

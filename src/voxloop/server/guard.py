@@ -70,8 +70,15 @@ async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Leas
 class GuardedRoute:
     """An ASGI app for one WebSocket path (mount it with ``router.add_websocket_route``)."""
 
-    def __init__(self, path: str, handler: Handler, error_shape: ErrorShape) -> None:
+    def __init__(
+        self, path: str, handler: Handler, error_shape: ErrorShape, subprotocol: str | None = None
+    ) -> None:
         self.path, self.handler, self.error_shape = path, handler, error_shape
+        self.subprotocol = subprotocol  # accepted when the client offers it (OpenAI's "realtime")
+
+    def chosen_subprotocol(self, websocket: WebSocket) -> str | None:
+        offered = websocket.headers.get("sec-websocket-protocol", "").split(",")
+        return self.subprotocol if self.subprotocol in {name.strip() for name in offered} else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
@@ -105,7 +112,9 @@ class GuardedRoute:
             await self.refuse(websocket, exc.message, "rate_limited", 1013 if exc.status == 429 else 1001)
             return
         websocket.state.lease = lease
-        await websocket.accept(headers=[(b"x-voxloop-session", lease.session_id.encode())])
+        await websocket.accept(
+            self.chosen_subprotocol(websocket), headers=[(b"x-voxloop-session", lease.session_id.encode())]
+        )
         SESSIONS.labels(self.path).inc()
         try:
             await run_leased(lease, self.handler(websocket, state.backends), self.tell_end(websocket))
@@ -114,7 +123,7 @@ class GuardedRoute:
 
     async def refuse(self, websocket: WebSocket, message: str, kind: str, code: int) -> None:
         ERRORS.labels(self.path, kind).inc()
-        await websocket.accept()
+        await websocket.accept(self.chosen_subprotocol(websocket))
         await websocket.send_text(self.error_shape(message))
         await websocket.close(code=code)
 

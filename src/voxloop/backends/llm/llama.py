@@ -149,16 +149,18 @@ class LlamaLlm:
 
 
 _TAG = "<tool_call>"
-_CALL_START = re.compile(r"<tool_call>|\n[ \t]*\{")
+_CALL_START = re.compile(r"<tool_call>|\n[ \t]*(?:\{|```)")  # a tag, or a line opening JSON or a fence
+_FENCE = re.compile(r"```(?:json)?")
 _SPACE = re.compile(r"\s*")
 
 
 class ToolCallFilter:
     """Holds back output that may be a tool call written as text, and decides when the stream ends.
 
-    Qwen2.5 writes a call as JSON ``{"name": ..., "arguments": {...}}``, inside ``<tool_call>`` tags or
-    bare (the embedded 0.5B drops the tags). Output from a tag, or from a ``{`` opening a line, is held
-    to the end: then it becomes ToolCalls if it parses as calls to declared tools, else plain text.
+    Qwen2.5 writes a call as JSON ``{"name": ..., "arguments": {...}}``, inside ``<tool_call>`` tags,
+    bare, or (the embedded 0.5B, when sampling) in a markdown ```` ```json ```` fence. Output from a
+    tag, or from a ``{`` or a fence opening a line, is held to the end: then it becomes ToolCalls if
+    it parses as calls to declared tools, else plain text.
     Text before it streams as usual.
     """
 
@@ -200,7 +202,8 @@ class ToolCallFilter:
                 break
         newline = text.rfind("\n", 0, end)
         line_from = newline if newline >= 0 else (0 if self._line_start else end)
-        return line_from if not text[line_from:end].strip() else end
+        line = text[line_from:end].strip()
+        return line_from if not line.strip("`") else end  # a line of backticks may open a fence
 
     def _release(self, end: int) -> str:
         released, self._pending = self._pending[:end], self._pending[end:]
@@ -211,7 +214,7 @@ class ToolCallFilter:
 
 def _parse_calls(text: str, tools: set[str]) -> list[ToolCall] | None:
     """All of ``text`` as one or more calls to declared tools, or None."""
-    body = text.replace("<tool_call>", " ").replace("</tool_call>", " ")
+    body = _FENCE.sub(" ", text.replace("<tool_call>", " ").replace("</tool_call>", " "))
     decoder = json.JSONDecoder()
     calls: list[ToolCall] = []
     position = _SPACE.match(body).end()  # type: ignore[union-attr]

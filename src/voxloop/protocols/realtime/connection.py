@@ -23,6 +23,7 @@ from voxloop.engine import events
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
+from voxloop.protocols.common import admit_audio
 from voxloop.protocols.lokutor.common import parse_json
 from voxloop.protocols.realtime.config import RealtimeConfig, apply_update, is_beta_shape, render
 from voxloop.protocols.realtime.items import Item, parse_item
@@ -33,6 +34,7 @@ from voxloop.protocols.realtime.responses import (
     ResponseWriter,
 )
 from voxloop.protocols.realtime.wire import RealtimeError, error_event, new_id, rename
+from voxloop.server.limits import Lease
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class RealtimeConnection:
         self.tool_waits: dict[str, int] = {}  # call_id -> generation of engine replies awaiting a result
         self.done_through = 0  # generations up to this one are finished: their late events are dropped
         self.event_id: str | None = None  # the client event being handled, for error events
+        self.lease: Lease | None = None  # the key's limits (None outside the server's gate)
+        self.reports: set[asyncio.Task[None]] = set()
 
     # ---- sending ---------------------------------------------------------------------------
 
@@ -86,6 +90,12 @@ class RealtimeConnection:
 
     async def error(self, exc: RealtimeError) -> None:
         await self.send(error_event(exc.message, exc.code, param=exc.param, event_id=self.event_id))
+
+    def report(self, message: str) -> None:
+        """An error found off the event path (a failed history write): sent when it can be."""
+        task = asyncio.create_task(self.send(error_event(message, "history_not_saved", kind="server_error")))
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
 
     async def start(self) -> None:
         await self.apply_config(self.config)
@@ -181,6 +191,11 @@ class RealtimeConnection:
 
     async def audio_append(self, event: dict[str, Any]) -> None:
         pcm = self._decode_audio(event.get("audio"))
+        admitted, refusal = admit_audio(self.lease, len(pcm) / 2 / self.config.input_rate)
+        if refusal:
+            raise RealtimeError(refusal, "rate_limit_exceeded")
+        if not admitted:
+            return  # over the key's audio budget: dropped (the client was told this second)
         if self.config.turn_detection is not None:
             await self.session.push_audio(pcm)
             return

@@ -1,9 +1,9 @@
-"""``/v1/realtime``: authentication, dialect choice and the session's lifetime.
+"""``/v1/realtime``: dialect choice and the session's lifetime.
 
-The key comes as ``Authorization: Bearer`` (the SDKs), the ``api_key`` query parameter, or, from
-browsers that cannot set headers, the subprotocol ``openai-insecure-api-key.<key>`` next to
-``realtime`` (accepted with subprotocol ``realtime``). A refused key gets an ``error`` event, then
-close code 1008.
+The shared gate (server/guard.py) checks the key: ``Authorization: Bearer`` (the SDKs), the
+``api_key`` query parameter, or, from browsers that cannot set headers, the subprotocol
+``openai-insecure-api-key.<key>`` next to ``realtime`` (accepted with subprotocol ``realtime``).
+A refused key gets an ``error`` event (code ``invalid_api_key``), then close code 1008.
 """
 
 from __future__ import annotations
@@ -13,15 +13,23 @@ import json
 
 from starlette.websockets import WebSocket
 
-from voxloop.protocols.common import new_session, run_session
+from voxloop.backends.registry import Backends
+from voxloop.protocols.common import keep_history, new_session, run_session
 from voxloop.protocols.realtime.connection import RealtimeConnection
 from voxloop.protocols.realtime.wire import error_event, new_id
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.server.guard import lease_of
 
 PATH = "/v1/realtime"
-KEY_PROTOCOL = "openai-insecure-api-key."
+SUBPROTOCOL = "realtime"
 BETA_PROTOCOL = "openai-beta.realtime-v1"
 DEFAULT_MODEL = "gpt-realtime"
+# The gate's refusals and endings, as OpenAI error codes.
+ERROR_CODES = {"unauthorized": "invalid_api_key", "forbidden": "forbidden", "rate": "rate_limit_exceeded"}
+
+
+def error_shape(message: str) -> str:
+    code = next((code for start, code in ERROR_CODES.items() if message.startswith(start)), "session_ended")
+    return json.dumps({**error_event(message, code), "event_id": new_id("event")})
 
 
 def subprotocols(websocket: WebSocket) -> list[str]:
@@ -29,45 +37,27 @@ def subprotocols(websocket: WebSocket) -> list[str]:
     return [name.strip() for name in header.split(",") if name.strip()]
 
 
-def authorized(websocket: WebSocket, protocols: list[str]) -> bool:
-    keys = websocket.app.state.keys
-    offered = [name[len(KEY_PROTOCOL) :] for name in protocols if name.startswith(KEY_PROTOCOL)]
-    if offered:
-        return keys.accepts(offered[0])
-    return keys.allows(websocket)
-
-
 def is_beta(websocket: WebSocket, protocols: list[str]) -> bool:
     """Beta event names for clients that ask for the beta API; GA names otherwise."""
     return "realtime=v1" in websocket.headers.get("openai-beta", "") or BETA_PROTOCOL in protocols
 
 
-async def realtime_endpoint(websocket: WebSocket) -> None:
-    protocols = subprotocols(websocket)
-    await websocket.accept(subprotocol="realtime" if "realtime" in protocols else None)
-    if not authorized(websocket, protocols):
-        ERRORS.labels(PATH, "unauthorized").inc()
-        refusal = error_event("missing or invalid API key", "invalid_api_key")
-        await websocket.send_text(json.dumps({**refusal, "event_id": new_id("event")}))
-        await websocket.close(code=1008)
-        return
+async def serve_realtime(websocket: WebSocket, backends: Backends) -> None:
     model = websocket.query_params.get("model") or DEFAULT_MODEL
-    SESSIONS.labels(PATH).inc()
     # No spoken filler while a client runs a tool: Realtime has no audio between that response's
     # end and the client's next response.create.
-    session = new_session(
-        websocket.app.state.backends, input_rate=24000, output_rate=24000, tool_filler=False
+    session = new_session(backends, input_rate=24000, output_rate=24000, tool_filler=False)
+    connection = RealtimeConnection(
+        websocket, session, is_beta(websocket, subprotocols(websocket)), model[:100]
     )
+    lease = lease_of(websocket)
+    connection.lease = lease
+    keep_history(session, websocket.app.state, lease, connection.report)
     try:
-        connection = RealtimeConnection(websocket, session, is_beta(websocket, protocols), model[:100])
-        try:
-            await connection.start()
-        except BaseException:
-            await session.close()
-            raise
-        stalled = await run_session(session, connection.receive(), connection.forward())
-        if stalled:
-            with contextlib.suppress(Exception):
-                await websocket.close(code=1008, reason="client stopped reading")
-    finally:
-        SESSIONS.labels(PATH).dec()
+        await connection.start()
+    except BaseException:
+        await session.close()
+        raise
+    if await run_session(session, connection.receive(), connection.forward()):
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1008, reason="client stopped reading")
