@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
+from tests.fuzz_strategies import CASES, FUZZ, Health, json_frame, values
 from tests.server import RunningServer
 
 KINDS = [
@@ -30,12 +30,6 @@ KINDS = [
     "audio",
     None,
 ]
-scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=40)
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=12,
-)
 messages = st.one_of(
     st.fixed_dictionaries(
         {"type": st.sampled_from(KINDS)},
@@ -50,10 +44,7 @@ messages = st.one_of(
     ),
     values,
 )
-frames = st.one_of(
-    messages.map(lambda m: json.dumps(m, allow_nan=True)), st.text(max_size=60), st.binary(max_size=2000)
-)
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+frames = st.one_of(messages.map(json_frame), st.text(max_size=60), st.binary(max_size=2000))
 
 
 def answered_or_alive(ws, path: str) -> None:
@@ -88,10 +79,12 @@ def test_random_messages_never_break_a_socket(server: RunningServer, path: str) 
     @FUZZ
     @given(st.lists(frames, min_size=1, max_size=4))
     def run(batch: list) -> None:
+        CASES["lokutor"] += 1
         with connect(f"{server.ws}{path}?api_key={server.api_key}", max_size=1 << 22) as ws:
             for frame in batch:
                 ws.send(frame)
             answered_or_alive(ws, path)
 
+    health = Health(server)
     run()
-    assert httpx.get(f"{server.http}/healthz").json()["status"] == "ok"
+    health.check("lokutor")

@@ -206,13 +206,13 @@ def _text(value: object, param: str, limit: int) -> str:
 
 def _modalities(value: object, param: str) -> bool:
     """True when audio is produced."""
-    if not isinstance(value, list) or not value or not set(value) <= {"text", "audio"}:
+    if not isinstance(value, list) or not value or not all(v in ("text", "audio") for v in value):
         raise RealtimeError(f"'{param}' must be a list of 'text' and/or 'audio'", param=param)
     return "audio" in value
 
 
 def _beta_format(value: object, param: str) -> str:
-    if value not in FORMATS:
+    if not isinstance(value, str) or value not in FORMATS:  # a list or dict is no key (and unhashable)
         raise RealtimeError(f"unsupported audio format {value!r}; use one of {list(FORMATS)}", param=param)
     return str(value)
 
@@ -220,7 +220,11 @@ def _beta_format(value: object, param: str) -> str:
 def _ga_format(value: object, param: str) -> str:
     if isinstance(value, str):
         return _beta_format(value, param)
-    if not isinstance(value, dict) or value.get("type") not in GA_FORMATS:
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("type"), str)
+        or value["type"] not in GA_FORMATS
+    ):
         raise RealtimeError(f"unsupported audio format {value!r}; use one of {list(GA_FORMATS)}", param=param)
     name = GA_FORMATS[value["type"]]
     if name == "pcm16" and value.get("rate", 24000) != 24000:

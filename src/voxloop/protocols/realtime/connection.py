@@ -130,10 +130,10 @@ class RealtimeConnection:
             event = parse_json(raw)
         except ValueError as exc:
             raise RealtimeError(f"invalid JSON: {exc}", "invalid_json") from exc
+        if isinstance(event, dict) and isinstance(event.get("event_id"), str):
+            self.event_id = event["event_id"][:100]  # given back even when the rest is wrong
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise RealtimeError("events must be JSON objects with a string 'type'", "invalid_event", "type")
-        if isinstance(event.get("event_id"), str):
-            self.event_id = event["event_id"][:100]
         handler = HANDLERS.get(event["type"])
         if handler is None:
             raise RealtimeError(f"unknown event type {event['type']!r}", "invalid_value", "type")

@@ -45,13 +45,17 @@ class SelamNamespace(socketio.AsyncNamespace):
         self.voices: dict[str, str] = {}  # the voice each client named when connecting
         self.leases: dict[str, Lease] = {}
         self.watches: dict[str, asyncio.Task[None]] = {}  # each lease's end, told to its client
+        self.connected: set[str] = set()  # clients whose connect ran, refused ones too
         self.hanging_up: set[asyncio.Task[None]] = set()
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         """Every event of the namespace: known ones run, errors go back in the seed's shape."""
-        if event == "connect":
+        # A client may also emit events named "connect" or "disconnect": those are unknown events.
+        if event == "connect" and args[0] not in self.connected:
+            self.connected.add(args[0])
             return await self.connect(args[0], args[1], args[2] if len(args) > 2 else None)
-        if event == "disconnect":
+        if event == "disconnect" and not self.server.manager.is_connected(args[0], NAMESPACE):
+            self.connected.discard(args[0])  # python-socketio marks a real disconnect before this call
             return await self.disconnect_agent(args[0])
         sid, data = args[0], args[1] if len(args) > 1 else None
         agent = self.agents.get(sid)
