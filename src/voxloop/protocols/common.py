@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -51,6 +52,27 @@ async def run_session(session: Session, *coroutines: Coroutine[Any, Any, None]) 
                 await task
         await session.close()
     return session.stalled.is_set()
+
+
+def parse_json(raw: str) -> Any:
+    """JSON from a client, or ValueError with a message fit to send back (hostile nesting too)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise ValueError("not valid JSON (nested too deeply)") from exc
+
+
+def parse_message(raw: str) -> dict[str, Any]:
+    """A client message that must be a JSON object with a string ``type``; ValueError otherwise."""
+    try:
+        message = parse_json(raw)
+    except ValueError as exc:
+        raise ValueError(f"invalid message: {exc}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError("messages must be JSON objects with a string 'type'")
+    return message
 
 
 def keep_history(

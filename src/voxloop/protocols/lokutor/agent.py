@@ -24,8 +24,8 @@ from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
-from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
-from voxloop.protocols.lokutor.common import check_sample_rate, parse_json
+from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_message, run_session
+from voxloop.protocols.lokutor.common import check_sample_rate
 from voxloop.server.guard import lease_of
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,9 @@ class LokutorAgent:
 
     async def handle_text(self, raw: str) -> None:
         try:
-            message = parse_json(raw)
+            message = parse_message(raw)
         except ValueError as exc:
-            await self.error(f"invalid message: {exc}")
-            return
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.error("messages must be JSON objects with a string 'type'")
+            await self.error(str(exc))
             return
         try:
             await self.apply(message["type"], message)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
+from voxloop.protocols.common import parse_json
+
 SUPPORTED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 MAX_KEYTERMS = 100
-
-
-def parse_json(raw: str) -> Any:
-    """JSON from a client, or ValueError with a message fit to send back (hostile nesting too)."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg})") from exc
-    except RecursionError as exc:
-        raise ValueError("not valid JSON (nested too deeply)") from exc
 
 
 def base_language(code: str | None) -> str | None:

@@ -21,8 +21,8 @@ from voxloop.audio.pcm import AudioFormatError, StreamResampler, pcm16_to_float
 from voxloop.backends import workers
 from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SpeechEnded, UtteranceSegmenter
-from voxloop.protocols.common import admit_audio
-from voxloop.protocols.lokutor.common import StreamOptions, parse_json, parse_stream_options
+from voxloop.protocols.common import admit_audio, parse_json
+from voxloop.protocols.lokutor.common import StreamOptions, parse_stream_options
 from voxloop.server.guard import lease_of
 
 log = logging.getLogger(__name__)

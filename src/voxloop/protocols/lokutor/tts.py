@@ -19,7 +19,7 @@ from voxloop.backends.registry import Backends
 from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import frames, speak
 from voxloop.backends.tts.visemes import visemes_for
-from voxloop.protocols.lokutor.common import parse_json
+from voxloop.protocols.common import parse_json
 from voxloop.server.guard import lease_of
 from voxloop.server.limits import LimitExceeded
 from voxloop.server.metrics import TTS_FIRST_AUDIO

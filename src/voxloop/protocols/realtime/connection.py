@@ -23,8 +23,7 @@ from voxloop.engine import events
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
-from voxloop.protocols.common import admit_audio
-from voxloop.protocols.lokutor.common import parse_json
+from voxloop.protocols.common import admit_audio, parse_json
 from voxloop.protocols.realtime.config import RealtimeConfig, apply_update, is_beta_shape, render
 from voxloop.protocols.realtime.items import Item, parse_item
 from voxloop.protocols.realtime.responses import (

@@ -42,8 +42,7 @@ from voxloop.config import Settings
 from voxloop.engine import events
 from voxloop.engine.barge_in import BargeInRules
 from voxloop.engine.session import Session
-from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
-from voxloop.protocols.lokutor.common import parse_json
+from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
 from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
 from voxloop.server.guard import origin_allowed, run_leased

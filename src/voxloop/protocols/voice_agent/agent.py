@@ -31,8 +31,7 @@ from voxloop.audio.pcm import pcm16_to_float, write_wav
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
-from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
-from voxloop.protocols.lokutor.common import parse_json
+from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_message, run_session
 from voxloop.protocols.voice_agent.frames import FrameRejected, VisualContext, parse_frame
 from voxloop.protocols.voice_agent.wire import MAX_AUDIO_BYTES, audio_format, decode_base64
 from voxloop.server.guard import lease_of
@@ -106,12 +105,9 @@ class VoiceAgentConnection:
 
     async def handle_text(self, raw: str) -> None:
         try:
-            message = parse_json(raw)
+            message = parse_message(raw)
         except ValueError as exc:
-            await self.error(f"invalid message: {exc}")
-            return
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.error("messages must be JSON objects with a string 'type'")
+            await self.error(str(exc))
             return
         try:
             await self.apply(message["type"], message)
