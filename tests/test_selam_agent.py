@@ -14,7 +14,7 @@ import pytest
 
 from tests.selam_client import RATE, SelamClient
 from tests.server import RunningServer
-from tests.speech import espeak_16k, normalize_words, word_error_rate
+from tests.speech import character_error_rate, espeak_16k, normalize_words, word_error_rate
 from voxloop.audio.pcm import float_to_pcm16
 
 PROMPT = "You are a helpful assistant. Answer in one short sentence."
@@ -140,7 +140,8 @@ def test_spanish_is_detected_and_answered_in_spanish(server: RunningServer, clie
     assert words & SPANISH and not words & ENGLISH, text
     heard = transcribe(server, audio, language=None)
     assert heard["language"] == "es", heard  # a Spanish voice, not an English one reading Spanish
-    assert word_error_rate(text, heard["text"]) < 0.5, (text, heard)
+    # Whisper base mishears eSpeak's Spanish word by word ("Madrid" -> "manin"): compare characters.
+    assert character_error_rate(text, heard["text"]) < 0.3, (text, heard)
 
 
 def test_errors_have_the_seed_types_and_the_connection_survives(server: RunningServer) -> None:
