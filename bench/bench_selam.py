@@ -47,6 +47,10 @@ def main() -> None:
         server = start_server(Path(logs))
         try:
             voice_to_voice(server, args.turns)
+            stages = [
+                line.split("latency ", 1)[1] for line in server.log().splitlines() if " latency {" in line
+            ]
+            print("server-side stages (ms, last turns):", *stages[-3:], sep="\n  ")
         finally:
             server.stop()
 
