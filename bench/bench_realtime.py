@@ -1,7 +1,7 @@
 """Voice-to-voice latency through /v1/realtime with the official openai SDK: from the last sample of
 speech appended (real-time pace) to the first ``response.output_audio.delta``.
 
-    PYTHONPATH=src python -m bench.bench_realtime --turns 5
+    .venv/bin/python bench/bench_realtime.py --turns 5
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from openai import AsyncOpenAI
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.stats import summary
 from tests.server import start_server
 from tests.speech import espeak_wav
