@@ -13,20 +13,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_agent import QUESTIONS  # the same questions as the /ws/agent benchmark
 from bench.stats import summary
 from tests.server import start_server
 from tests.voice_agent_client import VoiceAgentClient
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many legs does a spider have?",
-    "What color is the sky?",
-    "Name a fruit that is yellow.",
-    "What is two plus two?",
-    "Which ocean is the largest?",
-    "What do bees make?",
-    "How many days are in a week?",
-]
 
 
 def main() -> None:

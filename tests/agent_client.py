@@ -15,6 +15,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.microphone import SpeechQueue
 from voxloop.audio.pcm import float_to_pcm16, pcm16_to_float
 
 FRAME_S = 0.02
@@ -42,7 +43,7 @@ class AgentClient:
         self._speaker: deque[np.ndarray] = deque()  # received reply audio waiting to be played
         self._echo_line = np.zeros(int(self.echo_delay_s * self.rate), dtype=np.float32)
         self._lock = threading.Lock()
-        self._mic_queue: deque[np.ndarray] = deque()
+        self._speech = SpeechQueue()
         self._running = True
         self._receiver = threading.Thread(target=self._receive, daemon=True)
         self._receiver.start()
@@ -59,12 +60,7 @@ class AgentClient:
 
     def say(self, audio: np.ndarray) -> float:
         """Queues speech on the microphone; returns when its last sample has been sent (monotonic)."""
-        done = threading.Event()
-        with self._lock:
-            self._mic_queue.append(audio.astype(np.float32))
-            self._mic_queue.append(done)  # type: ignore[arg-type]
-        done.wait()
-        return time.monotonic()
+        return self._speech.say(audio)
 
     # -- what arrived --
     def events(self, kind: str | None = None, since: float = 0.0) -> list[dict]:
@@ -149,23 +145,9 @@ class AgentClient:
 
     def _stream_microphone(self) -> None:
         frame = int(FRAME_S * self.rate)
-        pending = np.zeros(0, dtype=np.float32)
         next_at = time.monotonic()
         while self._running:
-            with self._lock:
-                while self._mic_queue and len(pending) < frame:
-                    item = self._mic_queue.popleft()
-                    if isinstance(item, threading.Event):
-                        if len(pending) == 0:
-                            item.set()
-                        else:
-                            self._mic_queue.appendleft(item)
-                            break
-                    else:
-                        pending = np.concatenate([pending, item])
-            voice, pending = pending[:frame], pending[frame:]
-            samples = np.zeros(frame, dtype=np.float32)
-            samples[: len(voice)] += voice
+            samples = self._speech.next_frame(frame)
             if self.echo_gain:
                 played = self._play(frame)
                 line = np.concatenate([self._echo_line, played])

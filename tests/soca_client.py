@@ -9,13 +9,13 @@ import contextlib
 import json
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.microphone import SpeechQueue
 from voxloop.audio.pcm import float_to_pcm16
 
 FRAME_S = 0.02
@@ -41,7 +41,7 @@ class SocaClient:
         self.ws: ClientConnection = self._exit.enter_context(connect(self.url, max_size=1 << 24))
         self.ws.send(json.dumps(self.start))
         self._lock = threading.Lock()
-        self._mic_queue: deque[np.ndarray | threading.Event] = deque()
+        self._speech = SpeechQueue()
         self._running = True
         self.stale: list[dict] = []  # messages of a seq lower than one already seen: must stay empty
         self._receiver = threading.Thread(target=self._receive, daemon=True)
@@ -52,13 +52,8 @@ class SocaClient:
 
     def say(self, audio: np.ndarray, silence_s: float = 0.1) -> float:
         """Queues speech (16 kHz float) on the microphone; returns when it has been sent."""
-        done = threading.Event()
         tail = np.zeros(int(silence_s * RATE), dtype=np.float32)
-        with self._lock:
-            self._mic_queue.append(np.concatenate([audio.astype(np.float32), tail]))
-            self._mic_queue.append(done)
-        done.wait()
-        return time.monotonic()
+        return self._speech.say(np.concatenate([audio.astype(np.float32), tail]))
 
     def messages(self, since: float = 0.0, kind: str | None = None, step: str | None = None) -> list[dict]:
         with self._lock:
@@ -111,23 +106,9 @@ class SocaClient:
 
     def _stream_microphone(self) -> None:
         frame = int(FRAME_S * RATE)
-        pending = np.zeros(0, dtype=np.float32)
         next_at = time.monotonic()
         while self._running:
-            with self._lock:
-                while self._mic_queue and len(pending) < frame:
-                    item = self._mic_queue.popleft()
-                    if isinstance(item, threading.Event):
-                        if len(pending) == 0:
-                            item.set()
-                        else:
-                            self._mic_queue.appendleft(item)
-                            break
-                    else:
-                        pending = np.concatenate([pending, item])
-            voice, pending = pending[:frame], pending[frame:]
-            samples = np.zeros(frame, dtype=np.float32)
-            samples[: len(voice)] = voice
+            samples = self._speech.next_frame(frame)
             try:
                 self.ws.send(float_to_pcm16(samples))
             except ConnectionClosed:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from voxloop.backends.registry import Backends
@@ -76,14 +76,26 @@ def parse_message(raw: str) -> dict[str, Any]:
 
 
 def keep_history(
-    session: Session, state: Any, lease: Lease | None, report: Callable[[str], object], session_id: str = ""
+    session: Session,
+    state: Any,
+    lease: Lease | None,
+    report: Callable[[str], Awaitable[object]],
+    session_id: str = "",
 ) -> None:
     """Every committed turn of ``session`` goes to the conversation store (when the server keeps
-    one), under ``session_id`` or the lease's; a failed write is ``report``-ed to the client."""
+    one), under ``session_id`` or the lease's. A failed write is found off the protocol's receive
+    path, so ``report`` (the protocol's error sender) runs as a task of its own."""
     store = getattr(state, "history", None)
-    if store is not None and lease is not None:
-        listener = store.listener(session_id or lease.session_id, lease.key.id, report)
-        session.history.listeners.append(listener)
+    if store is None or lease is None:
+        return
+    reports: set[asyncio.Task[object]] = set()  # held here so a pending report is not collected
+
+    def on_error(message: str) -> None:
+        task = asyncio.ensure_future(report(message))
+        reports.add(task)
+        task.add_done_callback(reports.discard)
+
+    session.history.listeners.append(store.listener(session_id or lease.session_id, lease.key.id, on_error))
 
 
 def admit_audio(lease: Lease | None, seconds: float) -> tuple[bool, str | None]:

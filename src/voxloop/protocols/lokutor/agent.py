@@ -41,14 +41,7 @@ class LokutorAgent:
         self.sending = asyncio.Lock()  # replies and event forwarding share one socket
         self.lease = lease_of(websocket)
         self.session_id = self.lease.session_id if self.lease else None
-        keep_history(session, websocket.app.state, self.lease, self.report)
-        self.reports: set[asyncio.Task[None]] = set()
-
-    def report(self, message: str) -> None:
-        """An error found off the receive path (a failed history write): sent when it can be."""
-        task = asyncio.create_task(self.error(message))
-        self.reports.add(task)
-        task.add_done_callback(self.reports.discard)
+        keep_history(session, websocket.app.state, self.lease, self.error)
 
     async def send_json(self, message: dict[str, Any]) -> None:
         async with self.sending:

@@ -75,7 +75,6 @@ class RealtimeConnection:
         self.done_through = 0  # generations up to this one are finished: their late events are dropped
         self.event_id: str | None = None  # the client event being handled, for error events
         self.lease: Lease | None = None  # the key's limits (None outside the server's gate)
-        self.reports: set[asyncio.Task[None]] = set()
 
     # ---- sending ---------------------------------------------------------------------------
 
@@ -90,11 +89,9 @@ class RealtimeConnection:
     async def error(self, exc: RealtimeError) -> None:
         await self.send(error_event(exc.message, exc.code, param=exc.param, event_id=self.event_id))
 
-    def report(self, message: str) -> None:
-        """An error found off the event path (a failed history write): sent when it can be."""
-        task = asyncio.create_task(self.send(error_event(message, "history_not_saved", kind="server_error")))
-        self.reports.add(task)
-        task.add_done_callback(self.reports.discard)
+    async def history_error(self, message: str) -> None:
+        """A failed history write, found off the event path."""
+        await self.send(error_event(message, "history_not_saved", kind="server_error"))
 
     async def start(self) -> None:
         await self.apply_config(self.config)

@@ -52,7 +52,7 @@ async def serve_realtime(websocket: WebSocket, backends: Backends) -> None:
     )
     lease = lease_of(websocket)
     connection.lease = lease
-    keep_history(session, websocket.app.state, lease, connection.report)
+    keep_history(session, websocket.app.state, lease, connection.history_error)
     try:
         await connection.start()
     except BaseException:

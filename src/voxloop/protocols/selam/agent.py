@@ -48,7 +48,6 @@ class SelamAgent:
     ) -> None:
         self.backends, self.emit, self.hang_up = backends, emit, hang_up
         self.lease, self.state = lease, state  # the connection's lease; app state for the history store
-        self.reports: set[asyncio.Task[None]] = set()
         self.session: Session | None = None
         self.session_id: str | None = None
         self.runner: asyncio.Task[None] | None = None
@@ -63,7 +62,7 @@ class SelamAgent:
         options = parse_start(data, default_voice, self.backends.speaker)
         session = self._new_session(options)
         self.session, self.session_id = session, f"sess_{uuid.uuid4().hex}"
-        keep_history(session, self.state, self.lease, self.report, session_id=self.session_id)
+        keep_history(session, self.state, self.lease, self.history_error, session_id=self.session_id)
         self.ending = asyncio.Event()
         self.runner = asyncio.create_task(self._run(session, self.ending))
         await self.emit(
@@ -195,11 +194,9 @@ class SelamAgent:
             else:
                 await self._send_error(SelamError("session_error", "the session ended; start a new one"))
 
-    def report(self, message: str) -> None:
-        """An error found off the event path (a failed history write): sent when it can be."""
-        task = asyncio.create_task(self._send_error(SelamError("session_error", message, "history_error")))
-        self.reports.add(task)
-        task.add_done_callback(self.reports.discard)
+    async def history_error(self, message: str) -> None:
+        """A failed history write, found off the event path."""
+        await self._send_error(SelamError("session_error", message, "history_error"))
 
     async def _send_error(self, error: SelamError) -> None:
         with contextlib.suppress(Exception):

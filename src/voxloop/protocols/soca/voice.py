@@ -125,7 +125,6 @@ class SocaVoice:
         self.outbox = Outbox()
         self.taken_over = asyncio.Event()  # the same session_id connected again
         self.finished = asyncio.Event()  # history saved and lease closed: a takeover may go on
-        self.reports: set[asyncio.Task[None]] = set()
 
     # ---- client -> engine ----------------------------------------------------------------
 
@@ -235,12 +234,6 @@ class SocaVoice:
 
     async def error(self, message: str) -> None:
         await self.send({"type": "error", "message": message}, self.seq)
-
-    def report(self, message: str) -> None:
-        """An error found off the receive path (a failed history write): queued when it can be."""
-        task = asyncio.create_task(self.error(message))
-        self.reports.add(task)
-        task.add_done_callback(self.reports.discard)
 
     async def tell_end(self, lease: Lease) -> None:
         """The lease ended (key revoked, idle, too long, server draining): say why, then close."""
@@ -373,7 +366,7 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
         if saved is not None:
             session.history.extend(saved.messages)  # stored already: the history listener comes after
         voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
-        keep_history(session, state, lease, voice.report, session_id=start.session_id)
+        keep_history(session, state, lease, voice.error, session_id=start.session_id)
         sessions.live[start.session_id] = voice
         try:
             await run_leased(lease, converse(voice, resumed=saved is not None), voice.tell_end)

@@ -66,8 +66,7 @@ class VoiceAgentConnection:
         self.lease = lease_of(websocket)
         # The key's session id (X-Voxloop-Session, /v1/sessions/{id}) when the gate gave one.
         self.session_id = self.lease.session_id if self.lease else f"vs_{uuid.uuid4().hex[:16]}"
-        keep_history(session, websocket.app.state, self.lease, self.report)
-        self.reports: set[asyncio.Task[None]] = set()
+        keep_history(session, websocket.app.state, self.lease, self.error)
         self.sending = asyncio.Lock()
         self.inputs: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(MAX_PENDING_INPUTS)
         self.replies: dict[int, Reply] = {}
@@ -76,12 +75,6 @@ class VoiceAgentConnection:
         self.visual = VisualContext()
 
     # ---- sending -------------------------------------------------------------------------
-
-    def report(self, message: str) -> None:
-        """An error found off the receive path (a failed history write): sent when it can be."""
-        task = asyncio.create_task(self.error(message))
-        self.reports.add(task)
-        task.add_done_callback(self.reports.discard)
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.sending:
