@@ -161,6 +161,7 @@ async def test_manual_turns_commit_then_response_create(server: RunningServer) -
             session={
                 "type": "realtime",
                 "instructions": INSTRUCTIONS,
+                "temperature": 0,  # greedy: the 0.5B model's facts then do not vary run to run
                 "audio": {"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}},
             }
         )
