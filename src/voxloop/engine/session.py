@@ -38,7 +38,7 @@ from voxloop.backends.tts.stream import frames
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.backends.tts.voices import UnknownLanguage
 from voxloop.engine import events
-from voxloop.engine.barge_in import FILLERS, BargeInRules, meaningful_words
+from voxloop.engine.barge_in import FILLERS, BargeInRules, SpokenWords, meaningful_words
 from voxloop.engine.echo import RATE as VAD_RATE  # one 16 kHz clock: VAD, echo guard, STT
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
@@ -106,6 +106,7 @@ class Session:
         self.history = History(self.config.prompt, self.config.max_context_messages)
         self.voice = backends.speaker.resolve(self.config.voice, self.config.language)
         self.echo = EchoGuard()
+        self.spoken = SpokenWords()  # the bot's words as played: their echo is not the user
         vad = backends.vad
         self.segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
         self.resampler = StreamResampler(self.config.input_rate, VAD_RATE)
@@ -403,12 +404,14 @@ class Session:
             self.partial = None
 
     def _has_words(self, text: str) -> bool:
-        return len(meaningful_words(text, self.config.filler_words)) >= self.config.min_words
+        words = meaningful_words(text, self.config.filler_words)
+        return len(words) >= self.config.min_words and not self.spoken.echoes(text, time.monotonic())
 
     def _may_barge(self, transcript: Transcript) -> bool:
         rules = self.config.barge_in
         cooled = time.monotonic() - self.last_barge_at >= rules.cooldown_s
-        return rules.enabled and cooled and rules.qualifies(transcript)
+        echo = self.spoken.echoes(transcript.text, time.monotonic())
+        return rules.enabled and cooled and rules.qualifies(transcript) and not echo
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         """16 kHz float32 audio -> text, in the session's language or, with detect_language, any.
@@ -551,6 +554,8 @@ class Session:
                     await self.emit(events.StatusChanged("speaking", response.generation))
                 contiguous = playout.ends_at >= now  # the client is still playing the last frame
                 starts_at = playout.sent(len(frame) // 2, now)
+                if reference_at == 0:
+                    self.spoken.played(speech.text, starts_at, speech.duration)
                 count = round(len(frame) // 2 * VAD_RATE / rate)
                 piece = speech.reference[reference_at : reference_at + count]
                 self.echo.add_reference(piece, starts_at - now, contiguous)

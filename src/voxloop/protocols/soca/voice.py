@@ -266,6 +266,7 @@ def barge_rules(gate: BargeGate) -> BargeInRules:
         window_s=gate.speech_start_window,
         cooldown_s=gate.barge_cooldown,
         filler_words=gate.filler_words,
+        backchannels=frozenset(),  # Soca's documented rules: every non-filler word counts
     )
 
 
