@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_agent import QUESTIONS
 from bench.stats import summary
-from tests.room import LOOPBACK, ROOMS, RATE, Room, RoomSpec, level
+from tests.room import LOOPBACK, RATE, ROOMS, Room, RoomSpec, level
 from tests.speech import espeak_16k, load_16k, pocketsphinx_samples
 from voxloop.audio.pcm import float_to_pcm16, pcm16_to_float
 from voxloop.backends.registry import Backends
@@ -106,6 +106,7 @@ class RoomClient:
         self.session, self.room = session, Room(spec, WIRE_RATE)
         self.seen: list[Seen] = []
         self.changed = asyncio.Event()
+        self.frame_sent = asyncio.Event()
         self.voice_ended_at = 0.0  # monotonic time the last voiced user sample left the microphone
         self._voice_end_position = -1
         self._tasks = [asyncio.create_task(self._microphone()), asyncio.create_task(self._listen())]
@@ -126,6 +127,7 @@ class RoomClient:
             if self._voice_end_position >= 0 and self.room.position >= self._voice_end_position:
                 self.voice_ended_at, self._voice_end_position = time.monotonic(), -1
             await self.session.push_audio(float_to_pcm16(frame))
+            self.frame_sent.set()
             await asyncio.sleep(max(0.0, start + sent * FRAME / RATE - loop.time()))
 
     async def _listen(self) -> None:
@@ -144,11 +146,16 @@ class RoomClient:
         last_voiced = voiced[-1] + 1 if voiced.size else len(speech)
         self._voice_end_position = self.room.position + len(self.room._speech) + last_voiced
         self.room.say(speech)
-        while self.room.user_speaking:
-            await asyncio.sleep(FRAME / RATE)
+        await self.until(lambda: not self.room.user_speaking)
 
-    async def wait(self, match: Callable[[Seen], bool], since: int, timeout: float) -> Seen | None:
-        deadline = time.monotonic() + timeout
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Waits, a microphone frame at a time, for ``condition``."""
+        while not condition():
+            self.frame_sent.clear()
+            await self.frame_sent.wait()
+
+    async def wait(self, match: Callable[[Seen], bool], since: int, within_s: float) -> Seen | None:
+        deadline = time.monotonic() + within_s
         while True:
             for seen in self.seen[since:]:
                 if match(seen):
@@ -168,8 +175,8 @@ class RoomClient:
         done = await self.wait(lambda s: isinstance(s.event, events.ResponseDone), since, 20)
         if done is None:
             await self.session.interrupt()
-        while self.room.playing or self.session.current is not None or self.session.pending is not None:
-            await asyncio.sleep(0.05)
+        session, room = self.session, self.room
+        await self.until(lambda: not room.playing and session.current is None and session.pending is None)
         await asyncio.sleep(1.0)  # the room's tail and the VAD's hangover
 
     async def reply_playing(self, since: int, after_s: float) -> Seen | None:
@@ -198,7 +205,9 @@ async def echo_turns(client: RoomClient, tally: Tally, turns: int) -> None:
         tally.self_cuts += sum(
             isinstance(s.event, events.Interrupted) and s.event.reason == "barge_in" for s in after
         )
-        tally.echo_turns += sum(isinstance(s.event, events.TranscriptFinal) and s.event.role == "user" for s in after)
+        tally.echo_turns += sum(
+            isinstance(s.event, events.TranscriptFinal) and s.event.role == "user" for s in after
+        )
         tally.echo_pauses += sum(isinstance(s.event, events.SpeechStarted) for s in after)
 
 
@@ -238,7 +247,9 @@ async def paused_utterances(client: RoomClient, tally: Tally, tries: int) -> Non
     for i in range(tries):
         head, tail = PAUSED[i % len(PAUSED)]
         since = len(client.seen)
-        utterance = np.concatenate([voice(head, i), np.zeros(int(PAUSE_S * RATE), np.float32), voice(tail, i)])
+        utterance = np.concatenate(
+            [voice(head, i), np.zeros(int(PAUSE_S * RATE), np.float32), voice(tail, i)]
+        )
         await client.say(utterance)
         ended = len(client.seen)
         tally.paused_tries += 1
@@ -279,8 +290,9 @@ def row(spec: RoomSpec, tally: Tally) -> str:
 
 
 HEADER = (
-    "| room                     | self-cut | echo turns | echo VAD | barge-in | backch. cut | false EOT | v2v p50 ms |\n"
-    "|--------------------------|--------|-------|--------|---------|---------|---------|---------|"
+    "| room                     | self-cut | echo turns | echo VAD | barge-in | backch. cut | false EOT "
+    "| v2v p50 ms |\n|--------------------------|--------|-------|--------|---------|---------|---------|"
+    "---------|"
 )
 
 

@@ -26,7 +26,9 @@ def reply_audio() -> np.ndarray:
     return resample(audio, rate, WIRE_RATE) * 0.5
 
 
-def through_room(reply: np.ndarray, user: np.ndarray | None, user_at: int) -> tuple[np.ndarray, np.ndarray, EchoGuard]:
+def through_room(
+    reply: np.ndarray, user: np.ndarray | None, user_at: int
+) -> tuple[np.ndarray, np.ndarray, EchoGuard]:
     """Sends ``reply`` as the server does (20 ms frames, 160 ms ahead) to a client in ``ROOM``;
     returns the microphone, the guard's output (re-aligned) and the guard."""
     room, guard = Room(ROOM, WIRE_RATE), EchoGuard()

@@ -26,7 +26,9 @@ def test_without_backchannels_every_non_filler_word_counts_as_soca_documents() -
 
 def test_the_bots_recent_words_are_its_echo_not_the_user() -> None:
     spoken = SpokenWords(window_s=6.0)
-    spoken.played("The Moon is about three hundred thousand kilometres away.", starts_at=100.0, duration_s=3.0)
+    spoken.played(
+        "The Moon is about three hundred thousand kilometres away.", starts_at=100.0, duration_s=3.0
+    )
     spoken.played("Paris is the capital of France.", starts_at=103.0, duration_s=2.0)
     assert spoken.echoes("The Moon.", now=104.0)
     assert spoken.echoes("Paris is the...", now=104.5)

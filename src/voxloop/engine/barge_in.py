@@ -21,7 +21,22 @@ FILLERS = frozenset(
     {"uh", "um", "umm", "hmm", "hm", "mm", "mhm", "mm-hmm", "uh-huh", "ah", "oh", "er", "erm", "eh"}
 )
 BACKCHANNELS = frozenset(
-    {"yeah", "yes", "yep", "yup", "ok", "okay", "right", "sure", "uh-huh", "mm-hmm", "mhm", "aha", "i see", "cool"}
+    {
+        "yeah",
+        "yes",
+        "yep",
+        "yup",
+        "ok",
+        "okay",
+        "right",
+        "sure",
+        "uh-huh",
+        "mm-hmm",
+        "mhm",
+        "aha",
+        "i see",
+        "cool",
+    }
     | {"alright", "all right", "got it", "true", "exactly", "nice", "wow", "great", "good", "ya", "yah"}
 )
 ECHO_WINDOW_S = 6.0  # how long the bot's words may come back (reply lead + echo delay + STT time)
@@ -103,6 +118,8 @@ def _common_in_order(heard: list[str], spoken: list[str]) -> int:
     for word in heard:
         current = [0]
         for j, other in enumerate(spoken, 1):
-            current.append(previous[j - 1] + 1 if _same_word(word, other) else max(previous[j], current[j - 1]))
+            current.append(
+                previous[j - 1] + 1 if _same_word(word, other) else max(previous[j], current[j - 1])
+            )
         previous = current
     return previous[-1]

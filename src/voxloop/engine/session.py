@@ -45,6 +45,7 @@ from voxloop.engine.history import History
 from voxloop.engine.response import CLIENT_TOOL_TIMEOUT_S, Response, TurnSetup
 from voxloop.engine.segmenter import SegmenterConfig, SpeechEnded, SpeechStarted, UtteranceSegmenter
 from voxloop.engine.tools import ToolRegistry
+from voxloop.engine.turn_end import EndOfTurn
 from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Session:
         self.spoken = SpokenWords()  # the bot's words as played: their echo is not the user
         vad = backends.vad
         self.segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
+        self.end_of_turn = EndOfTurn()  # Smart Turn: end sooner, or wait out a mid-sentence pause
         self.resampler = StreamResampler(self.config.input_rate, VAD_RATE)
         self.outbox: asyncio.Queue[events.Event] = asyncio.Queue(OUTBOX_SIZE)
         self.stalled = asyncio.Event()  # set when the client stopped reading: the protocol hangs up
@@ -233,6 +235,8 @@ class Session:
                 await self._on_speech_started(event)
             elif isinstance(event, SpeechEnded):
                 await self._on_speech_ended(event)
+        if self.end_of_turn.update(self.segmenter) and (ended := self.segmenter.end_now()) is not None:
+            await self._on_speech_ended(ended)
         if not self.segmenter.speaking:
             return
         silence = self.segmenter.trailing_silence_s
