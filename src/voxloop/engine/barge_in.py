@@ -71,6 +71,9 @@ class BargeInRules:
     filler_words: frozenset[str] = FILLERS
     backchannels: frozenset[str] = BACKCHANNELS  # empty: every non-filler word counts (Soca)
 
+    def backchannel(self, text: str) -> bool:
+        return is_backchannel(meaningful_words(text, self.filler_words), self.backchannels)
+
     def qualifies(self, transcript: Transcript) -> bool:
         words = meaningful_words(transcript.text, self.filler_words)
         return (

@@ -108,6 +108,7 @@ class Session:
         self.voice = backends.speaker.resolve(self.config.voice, self.config.language)
         self.echo = EchoGuard()
         self.spoken = SpokenWords()  # the bot's words as played: their echo is not the user
+        self.next_turn: str | None = None  # words said over a reply that did not interrupt it
         vad = backends.vad
         self.segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
         self.end_of_turn = EndOfTurn()  # Smart Turn: end sooner, or wait out a mid-sentence pause
@@ -350,6 +351,13 @@ class Session:
             over_reply = self.current is not None and self.config.barge_in.enabled
             if not self._has_words(text) or (over_reply and not self._may_barge(transcript)):
                 await pending.committed.wait()
+                if (
+                    over_reply
+                    and self.config.auto_reply
+                    and self._has_words(text)
+                    and not self.config.barge_in.backchannel(text)
+                ):
+                    self.next_turn = text.strip()  # words, not an interruption: answered after the reply
                 if self.current is not None and not self.segmenter.speaking:
                     self.current.resumed.set()  # a cough, a slam or an "um": the reply goes on
                 return
@@ -478,6 +486,7 @@ class Session:
             await response.cancel()
             return
         self.current = response
+        self.next_turn = None  # the user moved on: what they said over the last reply is answered
         self.oldest_live_generation = response.generation
         if self.segmenter.speaking and self.config.barge_in.enabled:
             self._pause(response)  # the user is talking again: do not talk over them
@@ -570,6 +579,8 @@ class Session:
             self.current = None
             await self._finish(response, interrupted=False)
             await self.emit(events.StatusChanged("listening", response.generation))
+            if self.next_turn is not None and self.pending is None and not self.segmenter.speaking:
+                await self.reply(self.next_turn)  # what the user said over it, now answered
 
     async def _may_play(self, response: Response) -> None:
         await response.resumed.wait()  # not paused for a barge-in check
