@@ -22,7 +22,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ from voxloop.audio.pcm import float_to_pcm16, pcm16_to_float
 from voxloop.backends.registry import Backends
 from voxloop.config import Settings
 from voxloop.engine import events
+from voxloop.engine.barge_in import SpokenWords
+from voxloop.engine.echo import EchoGuard
 from voxloop.engine.session import Session
 from voxloop.protocols.common import new_session
 
@@ -258,8 +260,23 @@ async def paused_utterances(client: RoomClient, tally: Tally, tries: int) -> Non
         await client.quiet(ended)
 
 
-async def run_room(backends: Backends, spec: RoomSpec, turns: int, scenarios: list[str]) -> Tally:
+def as_before(session: Session) -> None:
+    """The turn-taking this bench was written to improve: the one-tap echo guard, no word-level
+    echo check, every word a barge-in, silence alone ending turns."""
+    session.echo = EchoGuard(adaptive=False)
+    session.spoken = SpokenWords(window_s=0.0)
+    session.configure(
+        barge_in=replace(session.config.barge_in, backchannels=frozenset()),
+        turn=replace(session.config.turn, smart_turn=False),
+    )
+
+
+async def run_room(
+    backends: Backends, spec: RoomSpec, turns: int, scenarios: list[str], before: bool
+) -> Tally:
     session = new_session(backends, input_rate=RATE, output_rate=WIRE_RATE, prompt=PROMPT)
+    if before:
+        as_before(session)
     client = RoomClient(session, spec)
     tally = Tally()
     try:
@@ -276,23 +293,34 @@ async def run_room(backends: Backends, spec: RoomSpec, turns: int, scenarios: li
     return tally
 
 
-def row(spec: RoomSpec, tally: Tally) -> str:
+def row(spec: RoomSpec, tally: Tally, label: str = "") -> str:
     def ratio(hits: int, tries: int) -> str:
         return f"{hits}/{tries}" if tries else "-"
 
     p50 = f"{np.median(tally.latencies) * 1000:.0f}" if tally.latencies else "-"
+    cells = [
+        ratio(tally.self_cuts, tally.turns),
+        str(tally.echo_turns),
+        str(tally.echo_pauses),
+        ratio(tally.barge_cuts, tally.barge_tries),
+        ratio(tally.backchannel_cuts, tally.backchannel_tries),
+        ratio(tally.false_ends, tally.paused_tries),
+        p50,
+    ]
+    widths = (8, 10, 8, 8, 11, 9, 10)
     return (
-        f"| {spec.name:<24} | {ratio(tally.self_cuts, tally.turns):>6} | {tally.echo_turns:>5} | "
-        f"{tally.echo_pauses:>6} | {ratio(tally.barge_cuts, tally.barge_tries):>7} | "
-        f"{ratio(tally.backchannel_cuts, tally.backchannel_tries):>7} | "
-        f"{ratio(tally.false_ends, tally.paused_tries):>7} | {p50:>7} |"
+        f"| {label + spec.name:<32} | "
+        + " | ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+        + " |"
     )
 
 
-HEADER = (
-    "| room                     | self-cut | echo turns | echo VAD | barge-in | backch. cut | false EOT "
-    "| v2v p50 ms |\n|--------------------------|--------|-------|--------|---------|---------|---------|"
-    "---------|"
+HEADER = "\n".join(
+    [
+        "| room                             | self-cut | echo turns | echo VAD | barge-in | backch. cut "
+        "| false EOT | v2v p50 ms |",
+        "|" + "|".join("-" * width for width in (34, 10, 12, 10, 10, 13, 11, 12)) + "|",
+    ]
 )
 
 
@@ -301,6 +329,7 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=20, help="turns (and tries) per scenario")
     parser.add_argument("--rooms", default="0,2", help="indexes into loopback + tests.room.ROOMS")
     parser.add_argument("--scenarios", default="echo,barge,backchannel,pause")
+    parser.add_argument("--compare", action="store_true", help="also run each room as before (see as_before)")
     args = parser.parse_args()
     specs = [LOOPBACK, *ROOMS]
     chosen = [specs[int(i)] for i in args.rooms.split(",")]
@@ -310,9 +339,11 @@ async def main() -> None:
     print(HEADER, flush=True)
     latencies = []
     for spec in chosen:
-        tally = await run_room(backends, spec, args.turns, scenarios)
-        latencies += tally.latencies
-        print(row(spec, tally), flush=True)
+        for before in [True, False] if args.compare else [False]:
+            tally = await run_room(backends, spec, args.turns, scenarios, before)
+            if not before:
+                latencies += tally.latencies
+            print(row(spec, tally, "before: " if before else ""), flush=True)
     print(summary("voice-to-voice, all rooms", latencies))
 
 

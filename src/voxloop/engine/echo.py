@@ -65,7 +65,8 @@ class DelayTrack:
 
 
 class EchoGuard:
-    def __init__(self) -> None:
+    def __init__(self, adaptive: bool = True) -> None:
+        """``adaptive=False``: the one-tap subtraction alone (what the guard was before Speex)."""
         self._ref = np.zeros(HISTORY, dtype=np.float32)  # reference, indexed by mic position % HISTORY
         self._mic = np.zeros(HISTORY, dtype=np.float32)
         self._ref_until = 0  # mic position after the last reference sample written
@@ -77,7 +78,9 @@ class EchoGuard:
         self.no_echo_path = False  # set once bot audio played without any echo coming back
         self.gain = 0.0
         self._canceller = (
-            speex.SpeexEchoCanceller(FRAME, FILTER, RATE) if speex.library() is not None else None
+            speex.SpeexEchoCanceller(FRAME, FILTER, RATE)
+            if adaptive and speex.library() is not None
+            else None
         )
         self._unframed = np.zeros(0, dtype=np.float32)  # input not yet a whole canceller frame
         self._framed_at = 0  # mic position of _unframed[0]
