@@ -59,10 +59,13 @@ def test_log_mel_is_whispers_shape_and_range() -> None:
 
 
 async def feed_until_end(
-    answers: list[float], monkeypatch: pytest.MonkeyPatch, silence_s: float = 3.0
+    answers: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+    words: str = "What time is it?",
+    silence_s: float = 3.0,
 ) -> tuple[float | None, list[float]]:
-    """~0.5 s of loud audio then silence; returns the silence (s) after which the utterance ended
-    and the answers the model was asked for."""
+    """~0.5 s of loud audio then silence; the speculative transcript (``words``) arrives 300 ms
+    into it. Returns the silence (s) after which the utterance ended and the model's inputs."""
     asked: list[float] = []
 
     def scripted(audio: np.ndarray) -> float:
@@ -75,6 +78,8 @@ async def feed_until_end(
     segmenter.push(np.full(16 * FRAME, 0.5, np.float32))
     for step in range(int(silence_s * 16000 / FRAME)):
         ended = [e for e in segmenter.push(np.zeros(FRAME, np.float32)) if isinstance(e, SpeechEnded)]
+        if step == 9:
+            detector.heard(18 * FRAME, words)  # speculation started at ~100 ms of silence
         if not ended and detector.update(segmenter):
             ended = [segmenter.end_now()]
         if ended:
@@ -87,6 +92,18 @@ async def feed_until_end(
 async def test_a_confident_model_ends_the_turn_at_200_ms(monkeypatch: pytest.MonkeyPatch) -> None:
     ended_after, asked = await feed_until_end([0.97], monkeypatch)
     assert ended_after is not None and 0.2 <= ended_after < 0.48 and len(asked) == 1
+
+
+async def test_words_that_stop_mid_sentence_hold_the_turn_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    ended_after, _ = await feed_until_end([0.97], monkeypatch, words="Please remind me to")
+    assert ended_after is not None and 1.4 <= ended_after <= 1.6
+
+
+def test_unfinished_words() -> None:
+    for text in ("Please remind me to", "My favourite colour is", "Can you tell me the...", "I want a,"):
+        assert turn_end.sounds_unfinished(text), text
+    for text in ("What time is it?", "Book a table for two.", "Thanks", ""):
+        assert not turn_end.sounds_unfinished(text), text
 
 
 async def test_mid_sentence_waits_past_the_hangover_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:

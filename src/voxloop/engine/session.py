@@ -345,6 +345,7 @@ class Session:
         try:
             transcript = await self.transcribe(pending.audio)
             text = transcript.text
+            self.end_of_turn.heard(pending.audio_end, text)  # mid-sentence words hold the turn open
             stt_done = time.monotonic() - pending.speech_end
             # Any reply still playing (paused or not: a late transcript may come after the barge-in
             # window let it resume) is cut only by words that pass the barge-in rules.
