@@ -114,7 +114,10 @@ class EchoGuard:
             self._ref[(self._position - MAX_DELAY - WINDOW + np.arange(samples)) % HISTORY] = 0.0
         self._mic[(self._position + np.arange(min(max(samples, 0), HISTORY))) % HISTORY] = 0.0
         self._position += max(samples, 0)
-        self._framed_at += max(samples, 0)
+        # A part-frame left from before the gap goes out as it is: frames hold contiguous audio.
+        self._cleaned = np.concatenate([self._cleaned, self._unframed])
+        self._unframed = np.zeros(0, dtype=np.float32)
+        self._framed_at = self._position
 
     def active(self) -> bool:
         """Whether bot audio may still be coming back through the microphone."""
