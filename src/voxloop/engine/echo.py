@@ -59,6 +59,12 @@ class DelayTrack:
         mean_at = float(positions.mean())
         self._anchor = (round(mean_at), float(np.mean(delays - self.drift * (positions - mean_at))))
 
+    @property
+    def steady(self) -> bool:
+        """Three estimates on one line: an echo path, not a chance match (headphones have none,
+        and cancelling a phantom echo would eat the user's words)."""
+        return len(self.points) >= 3
+
     def at(self, position: int | np.ndarray) -> float | np.ndarray:
         start, delay = self._anchor
         return delay + self.drift * (np.asarray(position) - start)
@@ -149,7 +155,7 @@ class EchoGuard:
                 self._estimate()
         uncertain = self.uncertain()
         if self._canceller is not None:
-            out = self._cancel(mic, active and self.delay is not None)
+            out = self._cancel(mic, active and self.delay is not None and self.track.steady)
         elif self.delay is None or self.gain <= 0.0 or not active:
             out = mic
         else:
