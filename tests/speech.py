@@ -47,6 +47,16 @@ def load_16k(path: Path) -> np.ndarray:
     return resample(audio, rate, 16000)
 
 
+SPANISH_PROMPT = "Eres un asistente útil. Responde siempre con una frase completa, de unas diez palabras."
+# Words any Spanish sentence about a capital is likely to hold, and English ones a Spanish reply never
+# does: a reply's language is checked, never its exact words.
+SPANISH_WORDS = {"es", "el", "la", "los", "las", "de", "del", "en", "un", "una", "que", "y", "capital"} | {
+    "madrid",
+    "parís",
+    "francia",
+}
+ENGLISH_WORDS = {"the", "is", "of", "and", "what", "city"}
+
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
 sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()

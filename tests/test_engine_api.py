@@ -101,8 +101,8 @@ async def test_speech_while_not_listening_is_ignored(session: Session) -> None:
     session.set_listening(False)
     question = espeak_16k("What is the capital of France?")
     await session.push_audio(float_to_pcm16(np.concatenate([question, np.zeros(16000, np.float32)])))
-    await asyncio.sleep(1.0)
-    assert session.outbox.empty() and session.pending is None
+    # push_audio runs the segmenter inline: once it returns, a turn would have started
+    assert session.outbox.empty() and session.pending is None and not session.segmenter.speaking
     session.set_listening(True)
     await session.push_audio(float_to_pcm16(np.concatenate([question, np.zeros(16000, np.float32)])))
     seen = await collect(session, events.TranscriptFinal)
@@ -112,7 +112,11 @@ async def test_speech_while_not_listening_is_ignored(session: Session) -> None:
 async def test_held_output_sends_nothing_until_resumed(session: Session) -> None:
     session.pause_output()
     await session.reply("Say good morning.")
-    await asyncio.sleep(3.0)
+    reply = session.current
+    assert reply is not None
+    while "tts_first_audio" not in reply.timings:  # audio is ready: unheld, it would go out now
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # the player takes it and stops at the held output
     queued = []
     while not session.outbox.empty():
         queued.append(session.outbox.get_nowait())

@@ -16,7 +16,14 @@ from websockets.sync.client import connect
 
 from tests.agent_client import AgentClient
 from tests.server import RunningServer
-from tests.speech import espeak_16k
+from tests.speech import (
+    ENGLISH_WORDS,
+    SPANISH_PROMPT,
+    SPANISH_WORDS,
+    character_error_rate,
+    espeak_16k,
+    normalize_words,
+)
 from voxloop.audio.pcm import float_to_pcm16
 
 RATE = 16000
@@ -269,12 +276,16 @@ def test_two_sessions_at_once_keep_to_themselves(server: RunningServer) -> None:
 def test_spanish_conversation_switches_stt_llm_and_voice(server: RunningServer) -> None:
     client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}", speed=2.0)
     try:
-        client.configure("Eres un asistente útil. Responde en una frase corta.", voice="F1", language="es")
+        # M2: of eSpeak's Spanish voices the one Whisper base reads best (CER 0.12-0.13; F1 0.6-0.9)
+        client.configure(SPANISH_PROMPT, voice="M2", language="es")
         ended = client.say(
             np.concatenate([espeak_16k("¿Cuál es la capital de Francia?", "es"), np.zeros(1600)])
         )
         client.wait_status("listening", since=ended, timeout=90)
-        assert "francia" in client.wait_transcript("user", since=ended)["data"].lower()
+        assert "francia" in normalize_words(client.wait_transcript("user", since=ended)["data"])
+        reply = client.wait_transcript("assistant", since=ended)["data"]
+        words = set(normalize_words(reply))  # what the 0.5B model knows varies; its language must not
+        assert words & SPANISH_WORDS and not words & ENGLISH_WORDS, reply
         response = httpx.post(
             f"{server.http}/stt/transcribe",
             headers={"X-API-Key": server.api_key},
@@ -282,11 +293,13 @@ def test_spanish_conversation_switches_stt_llm_and_voice(server: RunningServer) 
                 "audio": base64.b64encode(float_to_pcm16(client.audio_between(ended))).decode(),
                 "format": "pcm16",
                 "sample_rate": RATE,
-                "language": "es",
+                "language": None,
             },
             timeout=60,
         )
-        spoken = response.json()["text"].lower()
-        assert "francia" in spoken or "parís" in spoken or "paris" in spoken, spoken
+        heard = response.json()
+        assert heard["language"] == "es", heard  # a Spanish voice, not an English one reading Spanish
+        # Whisper base mishears eSpeak's Spanish word by word: compare characters.
+        assert character_error_rate(reply, heard["text"]) < 0.3, (reply, heard)
     finally:
         client.close()

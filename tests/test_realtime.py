@@ -328,7 +328,7 @@ async def test_speech_over_a_reply_barges_in_only_with_interrupt_response(
         answer = await collect(connection, "response.done")  # then the question is answered
         assert answer[-1].response.id != story_id and answer[-1].response.status == "completed"
         asked = of_type(received + answer, "conversation.item.input_audio_transcription.completed")
-        assert asked and "two" in asked[-1].transcript.lower()
+        assert asked and "two" in normalize_words(asked[-1].transcript)  # "2" or "two" alike
 
 
 async def test_beta_client_gets_beta_event_names_and_g711(server: RunningServer) -> None:
