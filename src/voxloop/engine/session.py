@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from voxloop.audio.pcm import StreamResampler, pcm16_to_float
+from voxloop.audio.pcm import StreamResampler, pcm16_to_float, resample
 from voxloop.backends import workers
 from voxloop.backends.llm.base import ChatMessage, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
@@ -42,6 +42,7 @@ from voxloop.engine.barge_in import FILLERS, BargeInRules, meaningful_words
 from voxloop.engine.echo import RATE as VAD_RATE  # one 16 kHz clock: VAD, echo guard, STT
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
+from voxloop.engine.reply import ReplyHandle, Source
 from voxloop.engine.response import CLIENT_TOOL_TIMEOUT_S, Response, TurnSetup
 from voxloop.engine.segmenter import SegmenterConfig, SpeechEnded, SpeechStarted, UtteranceSegmenter
 from voxloop.engine.tools import ToolRegistry
@@ -55,6 +56,7 @@ AUDIO_SLICE = 2048  # input is processed in slices, so a huge frame cannot wrap 
 IDLE_TICK_S = 0.1  # how often a client's silence (no audio sent at all) is checked
 IDLE_GAP_S = 0.3  # no audio for this long means the client stopped sending, not network jitter
 MAX_IMAGES = 4  # visual context frames given with a user message
+KEEP_DONE_REPLIES = 8  # finished replies whose handles stay findable by id (late lookups)
 SAME_LANGUAGE_CONFIDENCE = 0.45  # below this, a transcript in the last language is re-detected
 
 
@@ -94,6 +96,7 @@ class PendingTurn:
     speech_end: float  # monotonic time of the last voiced audio
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    reply: ReplyHandle | None = None  # the reply prepared for it, once there is one
 
 
 class Session:
@@ -129,7 +132,8 @@ class Session:
         self.output_open.set()
         self.images: list[str] = []
         self.spoken_language = ""  # what the user spoke last (detect_language)
-        self.tool_waiters: dict[str, asyncio.Future[str]] = {}
+        self.replies: dict[int, ReplyHandle] = {}  # live replies and the last few finished ones
+        self.tool_waiters: dict[str, tuple[ReplyHandle, asyncio.Future[str]]] = {}  # by call_id
         self.closed = False
         self.idle_watch = self._spawn(self._fill_silence())
 
@@ -171,17 +175,60 @@ class Session:
             if self.listening:
                 await self._consume(cleaned)
 
-    async def reply(self, text: str | None) -> int:
+    async def reply(self, text: str | None, tag: Any = None, language: str = "") -> ReplyHandle:
         """A turn that did not come from the microphone: typed text, a decoded clip, or (None) a
-        reply to the history as it stands. Cuts whatever is playing; returns the generation."""
+        reply to the history as it stands. Cuts whatever is playing. ``tag`` is the protocol's
+        state for the reply, on its handle before the reply's first event goes out; ``language``
+        what the user spoke, when an audio turn detected it."""
         self._drop_pending()
         if self.current is not None:
             await self._interrupt(self.current, "new_input")
+        reply = self._new_reply(text, "text" if text is not None else "manual", time.monotonic())
+        reply.tag, reply.response.user_language = tag, language
+        await self._release(reply.response)
+        return reply
+
+    def handle(self, reply_id: int) -> ReplyHandle | None:
+        """The reply with this id (an event's ``generation``); None once long forgotten."""
+        return self.replies.get(reply_id)
+
+    def waiting_reply(self, call_id: str) -> ReplyHandle | None:
+        """The reply waiting for the client's result of tool call ``call_id``, if one is."""
+        waiting = self.tool_waiters.get(call_id)
+        return waiting[0] if waiting is not None else None
+
+    def _new_reply(self, text: str | None, source: Source, speech_end: float) -> ReplyHandle:
         self.generation += 1
-        response = Response(self.generation, text, self._setup(), self.emit, time.monotonic())
+        response = Response(self.generation, text, self._setup(), self.emit, speech_end)
+        reply = ReplyHandle(response, source, self._cut)
+        self.replies[reply.id] = reply
+        finished = [old for old in self.replies.values() if old.done()]
+        for old in finished[:-KEEP_DONE_REPLIES]:
+            del self.replies[old.id]
         response.start()
-        await self._release(response)
-        return response.generation
+        return reply
+
+    async def _cut(self, reply: ReplyHandle, reason: str) -> None:
+        if self.current is reply.response:
+            await self._interrupt(reply.response, reason)
+        elif self.pending is not None and self.pending.reply is reply:
+            self._drop_pending()
+
+    def _discard(self, response: Response) -> None:
+        """A reply that never went out (speculation thrown away, or the session closed)."""
+        if (reply := self.replies.get(response.generation)) is not None:
+            reply.finish("", interrupted=True, reason="discarded")
+
+    async def audio_turn(self, audio: np.ndarray | bytes, rate: int = VAD_RATE) -> Transcript | None:
+        """A whole utterance from outside the microphone stream (a committed buffer, a clip), taken
+        as a microphone turn is: transcribed, None unless it holds words (fillers aside), and with
+        detect_language and follow_language the reply follows its language. The caller answers it
+        (``reply(text, language=...)``) or files it (``add_message``)."""
+        transcript = await self.transcribe(audio, rate)
+        if not self._has_words(transcript.text):
+            return None
+        self._heard_language(transcript.language)
+        return transcript
 
     def add_message(self, role: str, text: str) -> ChatMessage:
         """A message for the context without a reply (a client-side conversation item)."""
@@ -245,9 +292,10 @@ class Session:
         self._maybe_partial()
 
     async def submit_tool_result(self, call_id: str, result: str) -> None:
-        waiter = self.tool_waiters.pop(call_id, None)
-        if waiter is None:
+        waiting = self.tool_waiters.pop(call_id, None)
+        if waiting is None:
             raise ValueError(f"no tool call is waiting for call_id {call_id!r}")
+        waiter = waiting[1]
         if not waiter.done():
             waiter.set_result(result)
 
@@ -279,6 +327,8 @@ class Session:
         self._drop_pending()
         if self.current is not None:
             await self.current.cancel()
+        for reply in self.replies.values():
+            reply.finish(reply.heard if reply.released else "", interrupted=True, reason="closed")
         for task in (self.player, self.barge_check, self.partial, self.idle_watch):
             if task is not None:
                 task.cancel()
@@ -350,8 +400,7 @@ class Session:
                 return
             if over_reply and self.current is not None:
                 await self._interrupt(self.current, "barge_in")  # words over the reply
-            self.spoken_language = transcript.language or self.spoken_language
-            self._follow_language(transcript.language)
+            self._heard_language(transcript.language)
             if not self.config.auto_reply:
                 await pending.committed.wait()
                 await self.emit(
@@ -361,11 +410,10 @@ class Session:
                 )
                 self.add_message("user", text.strip())
                 return
-            self.generation += 1
-            response = Response(self.generation, text.strip(), self._setup(), self.emit, pending.speech_end)
+            reply = pending.reply = self._new_reply(text.strip(), "microphone", pending.speech_end)
+            response = reply.response
             response.user_language = transcript.language
             response.timings["stt_final"] = stt_done
-            response.start()
             await pending.committed.wait()
             if self.pending is pending:
                 self.pending = None  # released replies belong to the session, not the turn
@@ -374,6 +422,7 @@ class Session:
         except asyncio.CancelledError:
             if response is not None:
                 await response.cancel()
+                self._discard(response)
             raise
         except Exception as exc:
             log.exception("turn failed")
@@ -410,14 +459,19 @@ class Session:
         cooled = time.monotonic() - self.last_barge_at >= rules.cooldown_s
         return rules.enabled and cooled and rules.qualifies(transcript)
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        """16 kHz float32 audio -> text, in the session's language or, with detect_language, any.
+    async def transcribe(self, audio: np.ndarray | bytes, rate: int = VAD_RATE) -> Transcript:
+        """Audio (float32 samples, or S16LE bytes) at ``rate`` -> text, in the session's language or,
+        with detect_language, any.
 
         Detection costs a multilingual model and an extra pass (1.2 s against 0.34 s for English on
         2 cores), and people mostly keep to one language: the language heard last is tried first,
         and only a transcript the model is unsure of (another language reads at confidence ~0.2,
         the right one at ~0.6) is transcribed again with detection."""
         config, stt = self.config, self.backends.stt
+        if isinstance(audio, bytes):
+            audio = pcm16_to_float(audio)
+        if rate != VAD_RATE:
+            audio = resample(audio, rate, VAD_RATE)
         if audio.size == 0:
             return Transcript("", config.language, 0.0, confidence=0.0)
         run = lambda language: workers.run_in(  # noqa: E731
@@ -429,6 +483,10 @@ class Session:
         if guess.text and guess.confidence >= SAME_LANGUAGE_CONFIDENCE:
             return guess
         return await run(None)
+
+    def _heard_language(self, spoken: str) -> None:
+        self.spoken_language = spoken or self.spoken_language
+        self._follow_language(spoken)
 
     def _follow_language(self, spoken: str) -> None:
         """With detect_language and follow_language the reply (voice included) follows the user."""
@@ -469,8 +527,11 @@ class Session:
             await self._interrupt(self.current, "new_input")
         if self.closed:  # closed while we waited: nothing may keep this reply running
             await response.cancel()
+            self._discard(response)
             return
         self.current = response
+        if (reply := self.replies.get(response.generation)) is not None:
+            reply.released = True
         self.oldest_live_generation = response.generation
         if self.segmenter.speaking and self.config.barge_in.enabled:
             self._pause(response)  # the user is talking again: do not talk over them
@@ -523,7 +584,7 @@ class Session:
         await response.cancel()
         await self.emit(events.Interrupted(response.generation, reason))
         await self.emit(events.StatusChanged("interrupted", response.generation))
-        await self._finish(response, interrupted=True)
+        await self._finish(response, interrupted=True, reason=reason)
 
     # ---- playout -------------------------------------------------------------------------
 
@@ -566,7 +627,7 @@ class Session:
         await response.resumed.wait()  # not paused for a barge-in check
         await self.output_open.wait()  # nor held by the client
 
-    async def _finish(self, response: Response, interrupted: bool) -> None:
+    async def _finish(self, response: Response, interrupted: bool, reason: str = "") -> None:
         heard = response.playout.heard_text() if interrupted else None
         self.history.extend(response.history_messages(heard))
         text = heard if heard is not None else response.text.strip()
@@ -582,12 +643,14 @@ class Session:
         log.info("turn %d latency %s", response.generation, json.dumps(millis))
         await self.emit(events.TurnMetrics(response.generation, dict(response.timings)))
         await self.emit(events.ResponseDone(response.generation, text, interrupted))
+        if (reply := self.replies.get(response.generation)) is not None:
+            reply.finish(text, interrupted, reason)
 
     # ---- client-side tools ---------------------------------------------------------------
 
     async def _ask_client(self, call: ToolCall, generation: int) -> str:
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.tool_waiters[call.id] = waiter
+        self.tool_waiters[call.id] = (self.replies[generation], waiter)
         await self.emit(events.ToolCallRequested(call.id, call.name, call.arguments, generation))
         try:
             return await asyncio.wait_for(waiter, CLIENT_TOOL_TIMEOUT_S)

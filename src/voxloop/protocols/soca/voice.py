@@ -121,7 +121,6 @@ class SocaVoice:
         self.seq = seq  # the newest seq given out
         self.floor = seq  # messages of a lower seq are stale: never sent
         self.barged = False  # a barge-in gave out a seq that the next reply takes
-        self.reply_seq: dict[int, int] = {}  # engine generation -> seq
         self.outbox = Outbox()
         self.taken_over = asyncio.Event()  # the same session_id connected again
         self.finished = asyncio.Event()  # history saved and lease closed: a takeover may go on
@@ -209,19 +208,22 @@ class SocaVoice:
                     await self.error(text)
 
     def seq_of(self, generation: int) -> int:
-        """The seq of a reply: the next one when it is new (or the one a barge-in announced)."""
-        if (seq := self.reply_seq.get(generation)) is not None:
-            return seq
-        if self.reply_seq and generation < max(self.reply_seq):
-            return self.floor - 1  # an older reply never seen before: stale
-        if not self.barged:
-            self.seq += 1
-        self.barged = False
-        self.reply_seq = {generation: self.seq}  # older replies are stale by now
-        return self.seq
+        """The seq of a reply (kept on its engine handle): the next one when it is new (or the one a
+        barge-in announced). A reply older than one that has a seq is stale."""
+        reply = self.session.handle(generation)
+        replies = self.session.replies.values()
+        if reply is None or any(other.tag is not None for other in replies if other.id > generation):
+            return self.floor - 1
+        if reply.tag is None:
+            if not self.barged:
+                self.seq += 1
+            self.barged = False
+            reply.tag = self.seq
+        return reply.tag
 
     async def barge(self, generation: int, reason: str) -> None:
-        if self.reply_seq.get(generation) != self.seq or self.barged:
+        reply = self.session.handle(generation)
+        if reply is None or reply.tag != self.seq or self.barged:
             return  # a reply already superseded
         self.seq += 1
         self.floor = self.seq
