@@ -233,7 +233,7 @@ class Session:
     def add_message(self, role: str, text: str) -> ChatMessage:
         """A message for the context without a reply (a client-side conversation item)."""
         message = ChatMessage(role, text)
-        self.history.extend([message])
+        self.history.insert([message])
         return message
 
     async def interrupt(self, reason: str = "client") -> None:
@@ -403,12 +403,12 @@ class Session:
             self._heard_language(transcript.language)
             if not self.config.auto_reply:
                 await pending.committed.wait()
+                message = self.add_message("user", text.strip())
                 await self.emit(
                     events.TranscriptFinal(
-                        "user", text.strip(), self.generation, language=transcript.language
+                        "user", message.content, self.generation, "", transcript.language, message.id
                     )
                 )
-                self.add_message("user", text.strip())
                 return
             reply = pending.reply = self._new_reply(text.strip(), "microphone", pending.speech_end)
             response = reply.response
@@ -538,7 +538,11 @@ class Session:
         if response.user_text is not None:
             await self.emit(
                 events.TranscriptFinal(
-                    "user", response.user_text, response.generation, language=response.user_language
+                    "user",
+                    response.user_text,
+                    response.generation,
+                    language=response.user_language,
+                    message_id=response.asked[0].id,
                 )
             )
         await self.emit(events.StatusChanged("thinking", response.generation))
@@ -629,12 +633,15 @@ class Session:
 
     async def _finish(self, response: Response, interrupted: bool, reason: str = "") -> None:
         heard = response.playout.heard_text() if interrupted else None
-        self.history.extend(response.history_messages(heard))
+        committed = response.history_messages(heard)
+        self.history.insert(committed)
         text = heard if heard is not None else response.text.strip()
+        spoken = next((m for m in reversed(committed) if m.role == "assistant" and m.content), None)
         if text:
+            language, message_id = response.setup.language, spoken.id if spoken else ""
             await self.emit(
                 events.TranscriptFinal(
-                    "assistant", text, response.generation, interrupted, response.setup.language
+                    "assistant", text, response.generation, interrupted, language, message_id
                 )
             )
         for stage, seconds in response.timings.items():

@@ -295,11 +295,11 @@ class RealtimeConnection:
                 "audio_end_ms",
             )
         kept = item.heard_text(end_ms / 1000)
-        self._link(item)
+        self._resolve(item)
         if item.message is not None:
-            item.message.content = kept
+            self.session.history.truncate(item.message.id, kept)  # nothing kept: it goes
             if not kept:
-                self._drop_message(item)
+                item.message = None
         item.text = kept
         item.audio_s = min(item.audio_s, end_ms / 1000)
         await self.send(
@@ -316,14 +316,16 @@ class RealtimeConnection:
         current = self.writer.current
         if current is not None and item in current.output:
             raise RealtimeError("the item belongs to the response under way", "item_in_progress", "item_id")
-        self._link(item)
-        self._drop_message(item)
+        self._resolve(item)
+        if item.message is not None:
+            self.session.history.delete(item.message.id)
+            item.message = None
         del self.items[item.id]
         await self.send({"type": "conversation.item.deleted", "item_id": item.id})
 
     async def item_retrieve(self, event: dict[str, Any]) -> None:
         item = self._item(event.get("item_id"))
-        self._link(item)
+        self._resolve(item)
         await self.send({"type": "conversation.item.retrieved", "item": item.render(self.beta)})
 
     async def response_create(self, event: dict[str, Any]) -> None:
@@ -382,12 +384,12 @@ class RealtimeConnection:
                         "audio_end_ms": round(at * 1000),
                     }
                 )
-            case events.TranscriptFinal(role="user", text=text, generation=generation):
-                await self._user_turn(text, generation)
-            case events.TranscriptFinal(role="assistant", text=text, generation=generation):
+            case events.TranscriptFinal(role="user", text=text, message_id=message_id):
+                await self._user_turn(text, message_id)
+            case events.TranscriptFinal(role="assistant", text=text, generation=generation, message_id=m):
                 state = self._shown(generation)
                 if state is not None and state.message is not None:
-                    state.message.text = text
+                    state.message.text, state.message.message_id = text, m
             case events.TextDelta(text=text, generation=generation):
                 if (state := await self._state_for(generation)) is not None:
                     await self.writer.text(state, text)
@@ -410,11 +412,12 @@ class RealtimeConnection:
             case _:
                 pass  # status, visemes, metrics, server tools: nothing in this protocol
 
-    async def _user_turn(self, text: str, generation: int) -> None:
+    async def _user_turn(self, text: str, message_id: str) -> None:
         """A user turn the engine's VAD found (typed turns and commits created their item already)."""
         if self.config.turn_detection is None or not text:
             return
         item = Item("message", role="user", audio=True, text=text, id=self.speech_item or new_id("item"))
+        item.message_id = message_id
         self.speech_item = None
         if item.id in self.items:
             return
@@ -427,7 +430,7 @@ class RealtimeConnection:
             }
         )
         await self._announce_user_item(item, audio_s=0.0)
-        self._link(item)
+        self._resolve(item)
 
     async def _announce_user_item(self, item: Item, audio_s: float) -> None:
         previous = self._previous(item.id)
@@ -488,8 +491,7 @@ class RealtimeConnection:
         message = state.message
         await self.writer.finish(state, heard=text if interrupted else None)
         for item in self.items.values():  # the engine has written the turn to its history now
-            if item.message is None and item.type == "message":
-                self._link(item)
+            self._resolve(item)
         if message is not None and message.message is None and not interrupted:
             message.text = text or message.text
 
@@ -498,28 +500,13 @@ class RealtimeConnection:
     def _add_to_history(self, item: Item) -> None:
         if item.role is None or not item.text:
             return
-        self.session.add_message(item.role, item.text)
-        self._link(item)
+        item.message = self.session.add_message(item.role, item.text)
+        item.message_id = item.message.id
 
-    def _link(self, item: Item) -> None:
-        """Ties an item to its message in the engine's history (same role and text, not yet taken)."""
-        if item.message is not None or item.role is None or not item.text.strip():
-            return
-        taken = {id(other.message) for other in self.items.values() if other.message is not None}
-        for message in reversed(self.session.history.messages):
-            if id(message) in taken or message.role != item.role:
-                continue
-            if message.content.strip() == item.text.strip():
-                item.message = message
-                return
-
-    def _drop_message(self, item: Item) -> None:
-        messages = self.session.history.messages
-        for index, message in enumerate(messages):
-            if message is item.message:
-                del messages[index]
-                break
-        item.message = None
+    def _resolve(self, item: Item) -> None:
+        """Ties an item to its history message, by the id the engine's event gave."""
+        if item.message is None and item.message_id:
+            item.message = self.session.history.find(item.message_id)
 
     def _item(self, item_id: object) -> Item:
         if not isinstance(item_id, str) or item_id not in self.items:

@@ -366,7 +366,7 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
             return
         saved = sessions.store.take(start.session_id, owner)
         if saved is not None:
-            session.history.extend(saved.messages)  # stored already: the history listener comes after
+            session.history.insert(saved.messages)  # stored already: the history listener comes after
         voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
         keep_history(session, state, lease, voice.error, session_id=start.session_id)
         sessions.live[start.session_id] = voice
