@@ -34,17 +34,17 @@ from voxloop.backends import workers
 from voxloop.backends.llm.base import ChatMessage, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
 from voxloop.backends.stt.base import Transcript
-from voxloop.backends.tts.stream import frames
-from voxloop.backends.tts.visemes import visemes_for
 from voxloop.backends.tts.voices import UnknownLanguage
 from voxloop.engine import events
 from voxloop.engine.barge_in import FILLERS, BargeInRules, meaningful_words
 from voxloop.engine.echo import RATE as VAD_RATE  # one 16 kHz clock: VAD, echo guard, STT
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
+from voxloop.engine.player import Player
 from voxloop.engine.reply import ReplyHandle, Source
 from voxloop.engine.response import CLIENT_TOOL_TIMEOUT_S, Response, TurnSetup
 from voxloop.engine.segmenter import SegmenterConfig, SpeechEnded, SpeechStarted, UtteranceSegmenter
+from voxloop.engine.tasks import SessionTasks
 from voxloop.engine.tools import ToolRegistry
 from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
 
@@ -117,7 +117,9 @@ class Session:
         self.generation = 0
         self.oldest_live_generation = 0  # events of older generations are dropped
         self.current: Response | None = None  # the released reply, playing or paused
-        self.player: asyncio.Task[None] | None = None
+        self.player = Player(self.emit, self.echo, lambda: self.config.visemes)
+        self.playing: asyncio.Task[None] | None = None  # the player's task for ``current``
+        self.tasks = SessionTasks(self._task_failed)
         self.pending: PendingTurn | None = None
         self.barge_check: asyncio.Task[None] | None = None
         self.partial: asyncio.Task[None] | None = None
@@ -128,8 +130,6 @@ class Session:
         self.last_audio_at = time.monotonic()
         self.last_barge_at = -float("inf")
         self.listening = True
-        self.output_open = asyncio.Event()  # cleared while the client holds reply audio
-        self.output_open.set()
         self.images: list[str] = []
         self.spoken_language = ""  # what the user spoke last (detect_language)
         self.replies: dict[int, ReplyHandle] = {}  # live replies and the last few finished ones
@@ -249,10 +249,10 @@ class Session:
             self.segmenter.reset()
 
     def pause_output(self) -> None:
-        self.output_open.clear()
+        self.player.hold()
 
     def resume_output(self) -> None:
-        self.output_open.set()
+        self.player.release()
 
     def set_images(self, images: list[str]) -> None:
         """Visual context (data URLs) for the next user message, if the LLM accepts images."""
@@ -323,33 +323,24 @@ class Session:
 
     async def close(self) -> None:
         self.closed = True
-        self.output_open.set()
+        self.player.release()
         self._drop_pending()
         if self.current is not None:
             await self.current.cancel()
         for reply in self.replies.values():
             reply.finish(reply.heard if reply.released else "", interrupted=True, reason="closed")
-        for task in (self.player, self.barge_check, self.partial, self.idle_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self.tasks.close()
         self.segmenter.vad.close()  # hands the VAD engine back to the pool
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A session task whose failure is logged and reported instead of vanishing."""
-        task = asyncio.create_task(coroutine)
-        task.add_done_callback(self._check_task)
-        return task
+        return self.tasks.spawn(coroutine)
 
-    def _check_task(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("session task failed", exc_info=task.exception())
-        if task is self.player and self.current is not None:
+    def _task_failed(self, task: asyncio.Task[None], exc: BaseException) -> None:
+        if task is self.playing and self.current is not None:
             self.current = None  # a dead player must not leave the session "speaking" forever
         if not self.closed and not self.outbox.full():
-            self.outbox.put_nowait(events.Error(f"internal error: {task.exception()}"))
+            self.outbox.put_nowait(events.Error(f"internal error: {exc}"))
 
     # ---- turn-taking ---------------------------------------------------------------------
 
@@ -520,9 +511,9 @@ class Session:
         )
 
     async def _release(self, response: Response) -> None:
-        if self.current is not None and not self.config.barge_in.enabled and self.player is not None:
+        if self.current is not None and not self.config.barge_in.enabled and self.playing is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(self.player)  # no barge-in: the new reply waits its turn
+                await asyncio.shield(self.playing)  # no barge-in: the new reply waits its turn
         if self.current is not None:
             await self._interrupt(self.current, "new_input")
         if self.closed:  # closed while we waited: nothing may keep this reply running
@@ -547,7 +538,7 @@ class Session:
             )
         await self.emit(events.StatusChanged("thinking", response.generation))
         await response.release()
-        self.player = self._spawn(self._play(response))
+        self.playing = self._spawn(self._play(response))
 
     # ---- barge-in ------------------------------------------------------------------------
 
@@ -583,8 +574,8 @@ class Session:
         if reason == "barge_in":
             self.last_barge_at = time.monotonic()
         self.oldest_live_generation = response.generation + 1  # drop its queued audio
-        if self.player is not None and self.player is not asyncio.current_task():
-            self.player.cancel()
+        if self.playing is not None and self.playing is not asyncio.current_task():
+            self.playing.cancel()
         await response.cancel()
         await self.emit(events.Interrupted(response.generation, reason))
         await self.emit(events.StatusChanged("interrupted", response.generation))
@@ -593,43 +584,11 @@ class Session:
     # ---- playout -------------------------------------------------------------------------
 
     async def _play(self, response: Response) -> None:
-        setup, playout, first = response.setup, response.playout, True
-        rate, index = setup.output_rate, -1
-        while (speech := await response.audio.get()) is not None:
-            index += 1
-            start = playout.sent_s
-            playout.add_text(start, start + speech.duration, speech.text)
-            if self.config.visemes:
-                marks = visemes_for(speech.text, speech.duration, start, speech.audio)
-                await self.emit(events.Visemes(marks, response.generation))
-            reference_at = 0
-            chunks = [speech.pcm] if setup.frame_ms is None else frames(speech.pcm, rate, setup.frame_ms)
-            for frame in chunks:
-                await self._may_play(response)
-                if delay := playout.wait_before_next(time.monotonic()):
-                    await asyncio.sleep(delay)
-                    await self._may_play(response)
-                now = time.monotonic()
-                if first:
-                    first = False
-                    response.mark("first_byte_sent")
-                    await self.emit(events.StatusChanged("speaking", response.generation))
-                contiguous = playout.ends_at >= now  # the client is still playing the last frame
-                starts_at = playout.sent(len(frame) // 2, now)
-                count = round(len(frame) // 2 * VAD_RATE / rate)
-                piece = speech.reference[reference_at : reference_at + count]
-                self.echo.add_reference(piece, starts_at - now, contiguous)
-                reference_at += count
-                await self.emit(events.AudioOut(frame, response.generation, speech.text, index))
-        await asyncio.sleep(max(0.0, playout.ends_at - time.monotonic()))
+        await self.player.play(response)
         if self.current is response:
             self.current = None
             await self._finish(response, interrupted=False)
             await self.emit(events.StatusChanged("listening", response.generation))
-
-    async def _may_play(self, response: Response) -> None:
-        await response.resumed.wait()  # not paused for a barge-in check
-        await self.output_open.wait()  # nor held by the client
 
     async def _finish(self, response: Response, interrupted: bool, reason: str = "") -> None:
         heard = response.playout.heard_text() if interrupted else None
