@@ -17,7 +17,7 @@ from tests.fakes import FakeBackends, Microphone
 from voxloop.audio.pcm import float_to_pcm16
 from voxloop.backends.llm.base import ToolCall, ToolSpec
 from voxloop.engine import events
-from voxloop.engine import session as session_module
+from voxloop.engine import turns as turns_module
 from voxloop.engine.session import Session, SessionConfig
 from voxloop.engine.tools import ToolRegistry
 
@@ -59,7 +59,7 @@ class Harness:
 @pytest.fixture
 async def harness(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
     # The fake microphone pauses only while a test waits: that is not a client gone quiet.
-    monkeypatch.setattr(session_module, "IDLE_GAP_S", 3600.0)
+    monkeypatch.setattr(turns_module, "IDLE_GAP_S", 3600.0)
     backends = FakeBackends()
     tools = ToolRegistry()
 
