@@ -40,11 +40,10 @@ from voxloop.audio.pcm import AudioFormatError
 from voxloop.backends.registry import Backends
 from voxloop.config import Settings
 from voxloop.engine import events
-from voxloop.engine.barge_in import BargeInRules
 from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
-from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
+from voxloop.protocols.soca.start import Start, parse_start, token_of
 from voxloop.server.guard import origin_allowed, run_leased
 from voxloop.server.keys import KeyInfo
 from voxloop.server.limits import Lease, LimitExceeded
@@ -259,18 +258,6 @@ class SocaVoice:
             await self.websocket.send_text(json.dumps(message))
 
 
-def barge_rules(gate: BargeGate) -> BargeInRules:
-    return BargeInRules(
-        enabled=gate.enabled,
-        min_words=gate.min_partial_words,
-        min_chars=gate.min_partial_chars,
-        min_confidence=gate.min_confidence,
-        window_s=gate.speech_start_window,
-        cooldown_s=gate.barge_cooldown,
-        filler_words=gate.filler_words,
-    )
-
-
 async def refuse(websocket: WebSocket, message: str, kind: str = "invalid", code: int = 1008) -> None:
     ERRORS.labels(websocket.url.path, kind).inc()
     with contextlib.suppress(Exception):
@@ -322,7 +309,7 @@ def session_changes(start: Start) -> dict[str, Any]:
         frame_ms=None,  # one AudioOut per sentence: one MP3 each
         partials=start.partials,
         language=start.lang,
-        barge_in=barge_rules(start.barge),
+        barge_in=start.barge,
     )
     if start.prompt is not None:
         changes["prompt"] = start.prompt
