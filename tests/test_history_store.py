@@ -12,7 +12,7 @@ import pytest
 
 from voxloop.backends.llm.base import ChatMessage, ToolCall
 from voxloop.engine.history import History
-from voxloop.server.history_store import ConversationStore, HistoryError
+from voxloop.service.history_store import ConversationStore, HistoryError
 
 
 async def test_turns_in_order_per_session(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from voxloop.engine.segmenter import SegmenterConfig, UtteranceSegmenter
 from voxloop.engine.tasks import SessionTasks
 from voxloop.engine.tools import ToolRegistry
 from voxloop.engine.turns import PendingTurn, TurnTaker
-from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
+from voxloop.service.metrics import INTERRUPTIONS, TURN_LATENCY
 
 log = logging.getLogger(__name__)
 

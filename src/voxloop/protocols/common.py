@@ -14,7 +14,7 @@ from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session, SessionConfig
 from voxloop.engine.tools import builtin_tools
-from voxloop.server.limits import Lease, LimitExceeded
+from voxloop.service.limits import Lease, LimitExceeded
 
 SUPPORTED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 

@@ -32,7 +32,7 @@ from voxloop.protocols.common import (
     parse_message,
     run_session,
 )
-from voxloop.server.guard import lease_of
+from voxloop.service.guard import lease_of
 
 log = logging.getLogger(__name__)
 

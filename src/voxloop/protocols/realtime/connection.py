@@ -33,7 +33,7 @@ from voxloop.protocols.realtime.responses import (
     ResponseWriter,
 )
 from voxloop.protocols.realtime.wire import RealtimeError, error_event, new_id, rename
-from voxloop.server.limits import Lease
+from voxloop.service.limits import Lease
 
 log = logging.getLogger(__name__)
 

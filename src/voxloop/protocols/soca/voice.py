@@ -44,10 +44,10 @@ from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
 from voxloop.protocols.soca.start import Start, parse_start, token_of
-from voxloop.server.guard import origin_allowed, run_leased
-from voxloop.server.keys import KeyInfo
-from voxloop.server.limits import Lease, LimitExceeded
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.service.guard import origin_allowed, run_leased
+from voxloop.service.keys import KeyInfo
+from voxloop.service.limits import Lease, LimitExceeded
+from voxloop.service.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_message, run_session
 from voxloop.protocols.voice_agent.frames import FrameRejected, VisualContext, parse_frame
 from voxloop.protocols.voice_agent.wire import MAX_AUDIO_BYTES, audio_format, decode_base64
-from voxloop.server.guard import lease_of
+from voxloop.service.guard import lease_of
 
 log = logging.getLogger(__name__)
 
