@@ -315,3 +315,12 @@ async def test_an_audio_turn_gets_the_word_check_and_language_following(harness:
     await reply.wait()
     user = next(e for e in harness.of(events.TranscriptFinal) if e.role == "user")
     assert user == events.TranscriptFinal("user", "hola amigo", reply.id, language="es")
+
+
+async def test_heard_text_follows_a_client_reported_play_position(harness: Harness) -> None:
+    reply = await harness.session.reply("say something")
+    await reply.wait()
+    playout = reply.response.playout
+    assert playout.heard_text(played_s=0.0) == ""
+    assert playout.heard_text(played_s=playout.sent_s) == reply.text == "You said: say something."
+    assert playout.heard_text(played_s=playout.sent_s / 2) == "You said:"  # half the audio: 2 of 4 words
