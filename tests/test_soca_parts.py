@@ -7,11 +7,13 @@ import asyncio
 
 import pytest
 
+from tests.fakes import FakeBackends
 from voxloop.backends.llm.base import ChatMessage
 from voxloop.config import Settings
+from voxloop.engine.session import Session, SessionConfig
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
 from voxloop.protocols.soca.start import SOCA_BARGE_IN, barge_rules, parse_start
-from voxloop.protocols.soca.voice import Outbox, Outgoing
+from voxloop.protocols.soca.voice import Outbox, Outgoing, SocaVoice
 
 SETTINGS = Settings(_env_file=None)
 
@@ -109,3 +111,25 @@ def test_outbox_drops_older_seqs_and_bounds_its_size() -> None:
         return [(await outbox.get()).seq for _ in range(2)]
 
     assert asyncio.run(scenario()) == [2, 3]
+
+
+async def test_each_reply_gets_the_next_seq_on_its_handle_and_a_barge_announces_it() -> None:
+    session = Session(FakeBackends(), SessionConfig(input_rate=16000, output_rate=16000))  # type: ignore[arg-type]
+    voice = SocaVoice(None, session, parse_start(start(), SETTINGS))  # type: ignore[arg-type]
+    try:
+        first = await session.reply("tell me a story")
+        assert voice.seq_of(first.id) == voice.seq_of(first.id) == 1 and first.tag == 1
+        await voice.barge(first.id, "barge_in")  # the user's words cut it: seq 2 is announced
+        assert (voice.seq, voice.floor) == (2, 2)
+        barge = [item.message for item in voice.outbox.items if item.message["type"] == "barge"]
+        assert barge == [{"type": "barge", "reason": "content_partial"}]
+        second = await session.reply("something else")
+        assert voice.seq_of(second.id) == 2  # the reply takes the seq the barge announced
+        assert voice.seq_of(first.id) < voice.floor  # a late event of the cut reply is stale
+        await voice.barge(first.id, "barge_in")  # a superseded reply announces nothing
+        assert voice.seq == 2
+        await second.wait()
+        third = await session.reply("and now")
+        assert voice.seq_of(third.id) == 3
+    finally:
+        await session.close()
