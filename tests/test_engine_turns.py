@@ -324,3 +324,15 @@ async def test_heard_text_follows_a_client_reported_play_position(harness: Harne
     assert playout.heard_text(played_s=0.0) == ""
     assert playout.heard_text(played_s=playout.sent_s) == reply.text == "You said: say something."
     assert playout.heard_text(played_s=playout.sent_s / 2) == "You said:"  # half the audio: 2 of 4 words
+
+
+async def test_partials_come_while_the_user_speaks(harness: Harness) -> None:
+    harness.session.configure(partials=True, partial_every_s=0.2)
+    await harness.mic.say("a long question", seconds=1.0)
+    partial = await harness.event(events.TranscriptPartial)
+    assert partial.text == "a long question"
+    assert not harness.of(events.TranscriptFinal)  # the user is still speaking
+    await harness.mic.pause(0.6)
+    await harness.event(events.ResponseDone)
+    first_final = next(i for i, e in enumerate(harness.seen) if isinstance(e, events.TranscriptFinal))
+    assert harness.seen.index(partial) < first_final
