@@ -106,6 +106,20 @@ class SelamClient:
             time.sleep(max(0.0, next_at - time.monotonic()))
         return time.monotonic()
 
+    def send_stream(self, data: bytes, seconds: float, chunk_ms: int = 100) -> float:
+        """Streams a compressed recording as SelamGPT's browser example does: MediaRecorder chunks
+        every ``chunk_ms`` in real time (cut evenly by bytes), labelled ``pcm16`` as the example
+        labels them; returns when the last chunk left."""
+        count = max(1, round(seconds * 1000 / chunk_ms))
+        step = -(-len(data) // count)
+        next_at = time.monotonic()
+        for start in range(0, len(data), step):
+            chunk = base64.b64encode(data[start : start + step]).decode()
+            self.emit("audio_chunk", {"audio": chunk, "format": "pcm16", "sample_rate": RATE})
+            next_at += chunk_ms / 1000
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        return time.monotonic()
+
     def say(self, speech: np.ndarray, silence_s: float = 1.0, chunk_ms: int = 30) -> float:
         """Speaks ``speech`` then ``silence_s`` of silence; returns when its last voiced sample left."""
         ended = self.send_pcm(speech, chunk_ms)
