@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import itertools
 import os
 import shutil
 import subprocess
@@ -49,7 +50,10 @@ window.Audio = function (src) {
   window.__plays.push(play);
   audio.addEventListener('playing', () => { play.playing ??= performance.now() / 1000; });
   audio.addEventListener('pause', () => { play.paused ??= performance.now() / 1000; });
-  audio.addEventListener('ended', () => { play.ended = performance.now() / 1000; play.duration = audio.duration; });
+  audio.addEventListener('ended', () => {
+    play.ended = performance.now() / 1000;
+    play.duration = audio.duration;
+  });
   return audio;
 };
 """
@@ -100,7 +104,9 @@ def pages(node_modules: Path) -> Iterator[str]:
 def microphone(folder: Path, name: str, text: str, voice: str) -> Path:
     """The question after a short pause, then silence (chromium loops the file)."""
     speech, rate = espeak_wav(text, voice)
-    audio = np.concatenate([np.zeros(MIC_RATE // 3), resample(speech, rate, MIC_RATE), np.zeros(12 * MIC_RATE)])
+    audio = np.concatenate(
+        [np.zeros(MIC_RATE // 3), resample(speech, rate, MIC_RATE), np.zeros(12 * MIC_RATE)]
+    )
     path = folder / f"{name}.wav"
     path.write_bytes(write_wav(audio.astype(np.float32), MIC_RATE))
     return path
@@ -170,7 +176,7 @@ def played_in_turn(plays: list[dict]) -> tuple[float, float]:
     """(worst overlap, longest gap) between consecutive players, in seconds."""
     plays = sorted((p for p in plays if p["playing"] is not None), key=lambda p: p["playing"])
     overlaps, gaps = [0.0], [0.0]
-    for before, after in zip(plays, plays[1:], strict=False):
+    for before, after in itertools.pairwise(plays):
         if before["ended"] is None:
             continue
         overlaps.append(before["ended"] - after["playing"])
@@ -181,16 +187,22 @@ def played_in_turn(plays: list[dict]) -> tuple[float, float]:
 def test_selam_example_amharic_push_to_talk(
     amharic_browser: playwright.Browser, pages: str, server: RunningServer
 ) -> None:
-    page, console = open_page(amharic_browser, f"{pages}/selam.html?server={server.http}&key={server.api_key}")
+    page, console = open_page(
+        amharic_browser, f"{pages}/selam.html?server={server.http}&key={server.api_key}"
+    )
     try:
-        wait_until(lambda: any("Session started:" in line for line in console), 30, "session_started", console)
+        wait_until(
+            lambda: any("Session started:" in line for line in console), 30, "session_started", console
+        )
         page.evaluate("window.__ends = 0; agent.socket.on('audio_end', () => window.__ends++)")
         page.evaluate("agent.startTalking()")
         speech_s = len(espeak_wav(AMHARIC_QUESTION, "am")[0]) / 22050
         time.sleep(1 / 3 + speech_s + 1.5)  # the user holds the button while speaking
         page.evaluate("agent.stopTalking()")
         heard = wait_until(
-            lambda: [line for line in console if "User:" in line and sum(ord(c) in ETHIOPIC for c in line) >= 5],
+            lambda: [
+                line for line in console if "User:" in line and sum(ord(c) in ETHIOPIC for c in line) >= 5
+            ],
             60,
             "an Amharic transcription",
             console,
@@ -204,7 +216,10 @@ def test_selam_example_amharic_push_to_talk(
             console,
         )
         overlap, gap = played_in_turn(plays)
-        print(f"selam play-on-arrival: {len(plays)} chunks, worst overlap {overlap * 1000:.0f} ms, gap {gap * 1000:.0f} ms")
+        print(
+            f"selam play-on-arrival: {len(plays)} chunks, "
+            f"worst overlap {overlap * 1000:.0f} ms, gap {gap * 1000:.0f} ms"
+        )
         assert overlap <= OVERLAP_TOLERANCE_S, plays
         assert not [line for line in console if line.startswith(("error", "pageerror"))], console
     finally:
@@ -226,20 +241,32 @@ def test_voice_agent_client_clip_playback_and_interrupt(
         page.evaluate(f"recordQuestion({1 / 3 + speech_s + 0.5:.2f})")
         messages = lambda: page.evaluate("__msgs")  # noqa: E731
         heard = wait_until(
-            lambda: [m for m in messages() if m["type"] == "transcription_result"], 60, "transcription", console
+            lambda: [m for m in messages() if m["type"] == "transcription_result"],
+            60,
+            "transcription",
+            console,
         )
         assert "france" in heard[0]["text"].lower(), heard
         done = wait_until(
-            lambda: [m for m in messages() if m["type"] == "response_complete"], 90, "response_complete", console
+            lambda: [m for m in messages() if m["type"] == "response_complete"],
+            90,
+            "response_complete",
+            console,
         )
         assert "paris" in done[0]["text"].lower(), done
-        wait_until(lambda: page.evaluate("__plays.length && __plays.every(p => p.ended)"), 60, "playback", console)
+        wait_until(
+            lambda: page.evaluate("__plays.length && __plays.every(p => p.ended)"), 60, "playback", console
+        )
 
         # A long answer, interrupted from the page while it plays.
-        page.evaluate("__plays.length = 0; client.sendText('Tell me a long story about a dragon and a knight.')")
+        page.evaluate(
+            "__plays.length = 0; client.sendText('Tell me a long story about a dragon and a knight.')"
+        )
         wait_until(lambda: page.evaluate("__plays.some(p => p.playing)"), 90, "the story to play", console)
         page.evaluate("client.interrupt()")
-        wait_until(lambda: [m for m in messages() if m["type"] == "speech_interrupted"], 10, "speech_interrupted")
+        wait_until(
+            lambda: [m for m in messages() if m["type"] == "speech_interrupted"], 10, "speech_interrupted"
+        )
         wait_until(lambda: page.evaluate("__plays.every(p => p.ended || p.paused)"), 10, "playback to stop")
         stopped = page.evaluate("__plays.length")
 
@@ -307,8 +334,10 @@ async ([base, key, text]) => {
 """
 
 
-def test_lokutor_sockets_from_a_browser(english_browser: playwright.Browser, pages: str, server: RunningServer) -> None:
-    page, console = open_page(english_browser, f"{pages}/blank.html")
+def test_lokutor_sockets_from_a_browser(
+    english_browser: playwright.Browser, pages: str, server: RunningServer
+) -> None:
+    page, _ = open_page(english_browser, f"{pages}/blank.html")
     try:
         result = page.evaluate(LOKUTOR_SOCKETS, [server.ws, server.api_key, "Hello from the browser."])
     finally:
@@ -320,4 +349,3 @@ def test_lokutor_sockets_from_a_browser(english_browser: playwright.Browser, pag
         assert result[path]["end"] == "EOS" and result[path]["seconds"] > 0.5, result[path]
         assert result[path]["played"] >= result[path]["seconds"], result[path]
     assert result["/ws/agent"]["answer"] == {"type": "status", "data": "prompt_set"}
-

@@ -79,7 +79,11 @@ def test_lokutor_raw_api_example_with_an_undeclared_16k_microphone(server: Runni
     received: list[tuple[float, str | bytes]] = []
     with connect(f"{server.ws}/ws/agent?api_key={server.api_key}") as ws:
         # on_open: the initialisation sequence, then the microphone thread.
-        ws.send(json.dumps({"type": "prompt", "data": "You are a helpful and natural conversational AI assistant."}))
+        ws.send(
+            json.dumps(
+                {"type": "prompt", "data": "You are a helpful and natural conversational AI assistant."}
+            )
+        )
         ws.send(json.dumps({"type": "voice", "data": "F1"}))
         ws.send(json.dumps({"type": "language", "data": "en"}))
 
@@ -100,7 +104,9 @@ def test_lokutor_raw_api_example_with_an_undeclared_16k_microphone(server: Runni
                 continue
             received.append((time.monotonic(), message))
             if isinstance(message, str) and json.loads(message).get("type") == "status":
-                if json.loads(message)["data"] == "listening" and any(isinstance(m, bytes) for _, m in received):
+                if json.loads(message)["data"] == "listening" and any(
+                    isinstance(m, bytes) for _, m in received
+                ):
                     break
     messages = [json.loads(m) for _, m in received if isinstance(m, str)]
     assert not [m for m in messages if m["type"] == "error"], messages

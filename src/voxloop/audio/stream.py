@@ -18,6 +18,10 @@ from voxloop.audio.pcm import AudioFormatError
 CONTAINER_MAGIC = {b"\x1aE\xdf\xa3": "webm", b"OggS": "ogg"}  # streams MediaRecorder writes
 DRAIN_TIMEOUT_S = 2.0  # a demuxer that takes longer over one chunk is stuck
 MAX_PENDING_BYTES = 1 << 20  # compressed bytes not yet read: the client sends faster than we decode
+# FFmpeg's Matroska reader skips what it cannot parse, looking for the next element, so a stream
+# of garbage is never an error by itself: this much input without a single sample is one. (Opus
+# from a browser is 4-8 kB a second: several seconds.)
+MAX_BYTES_WITHOUT_AUDIO = 48 << 10
 
 
 def stream_container(chunk: bytes) -> str | None:
@@ -81,6 +85,8 @@ class StreamDecoder:
         self._decoded = bytearray()
         self._error: AudioFormatError | None = None
         self._finished = threading.Event()
+        self._fed = 0
+        self._heard = False  # any audio decoded yet
         self._thread = threading.Thread(target=self._run, name=f"decode-{container}", daemon=True)
         self._thread.start()
 
@@ -88,6 +94,7 @@ class StreamDecoder:
         """Adds a chunk; returns the PCM16 decoded so far (all of this chunk's complete frames)."""
         if self._finished.is_set() and self._error is None:
             raise AudioFormatError(f"the {self.container} stream has ended; start a new one")
+        self._fed += len(chunk)
         self._pipe.write(chunk)
         if not self._pipe.wait_drained(self._finished, DRAIN_TIMEOUT_S):
             raise AudioFormatError(f"the {self.container} stream cannot be decoded in time")
@@ -96,6 +103,11 @@ class StreamDecoder:
                 raise self._error
             out = bytes(self._decoded)
             self._decoded.clear()
+        self._heard = self._heard or bool(out)
+        if not self._heard and self._fed > MAX_BYTES_WITHOUT_AUDIO:
+            self._fail(AudioFormatError(f"no audio in {self._fed} bytes of a {self.container} stream"))
+            self.close()
+            raise self._error  # type: ignore[misc]
         return out
 
     def close(self) -> None:

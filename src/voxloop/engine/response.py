@@ -16,7 +16,15 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
-from voxloop.backends.llm.base import ChatMessage, LlmError, ReasoningDelta, TextDelta, ToolCall, ToolSpec, Usage
+from voxloop.backends.llm.base import (
+    ChatMessage,
+    LlmError,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from voxloop.backends.registry import Backends
 from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import RenderedSpeech, speak

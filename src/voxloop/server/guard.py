@@ -120,7 +120,9 @@ class GuardedRoute:
         keys: KeyCheck = state.keys
         info = keys.identify(keys.key_of(websocket))
         if info is None:
-            await self.refuse(websocket, "unauthorized: missing or invalid API key", "unauthorized", 1008, 401)
+            await self.refuse(
+                websocket, "unauthorized: missing or invalid API key", "unauthorized", 1008, 401
+            )
             return
         try:
             lease = state.limits.open_session(info)

@@ -128,7 +128,9 @@ class LlamaLlm:
         for event in found:
             yield event
         if usage is not None:
-            yield Usage("tool-calls" if found else usage.finish_reason, usage.input_tokens, usage.output_tokens)
+            yield Usage(
+                "tool-calls" if found else usage.finish_reason, usage.input_tokens, usage.output_tokens
+            )
 
     def _request(
         self,

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_AUDIO_FRAME = 1 << 20
 MAX_HELD_BYTES = 4 * 48000  # audio held while the rate is inferred: 2 s at the fastest rate
+MAX_HOLD_S = 1.5  # a client that pauses before the first window closes gets its audio anyway
 
 
 class LokutorAgent:
@@ -48,6 +49,7 @@ class LokutorAgent:
         # of audio waits for that decision rather than be heard at the wrong speed.
         self.sniffer: RateSniffer | None = RateSniffer(session.config.input_rate)
         self.held: list[bytes] = []
+        self.releasing: asyncio.Future[None] | None = None
         keep_history(session, websocket.app.state, self.lease, self.error)
 
     async def send_json(self, message: dict[str, Any]) -> None:
@@ -113,7 +115,7 @@ class LokutorAgent:
 
     async def receive(self) -> None:
         """Client messages until it disconnects."""
-        websocket, session = self.websocket, self.session
+        websocket = self.websocket
         with contextlib.suppress(WebSocketDisconnect):
             while True:
                 message = await websocket.receive()
@@ -135,6 +137,8 @@ class LokutorAgent:
             if sniffer.observe(len(data) // 2, time.monotonic()):
                 session.configure(input_rate=sniffer.rate)
             if not sniffer.decided:
+                if not self.held:
+                    asyncio.get_running_loop().call_later(MAX_HOLD_S, self._stop_holding)
                 self.held.append(data)
                 if sum(map(len, self.held)) <= MAX_HELD_BYTES:
                     return
@@ -148,6 +152,11 @@ class LokutorAgent:
             await session.push_audio(data)
         except AudioFormatError as exc:
             await self.error(str(exc))
+
+    def _stop_holding(self) -> None:
+        if self.sniffer is not None and not self.sniffer.decided and self.held and not self.session.closed:
+            self.sniffer.decide_now()
+            self.releasing = asyncio.ensure_future(self.push_microphone(b""))
 
     async def within_audio_limit(self, seconds: float) -> bool:
         """Over the key's audio budget the frame is dropped and the client told (once a second)."""

@@ -25,8 +25,8 @@ from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
 from voxloop.protocols.lokutor.common import check_sample_rate
-from voxloop.protocols.selam.pacing import PlayOnArrival
 from voxloop.protocols.selam.options import SelamError, StartOptions, barge_in_for, parse_start, turn_for
+from voxloop.protocols.selam.pacing import PlayOnArrival
 from voxloop.server.limits import Lease
 
 log = logging.getLogger(__name__)

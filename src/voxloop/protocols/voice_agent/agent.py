@@ -300,7 +300,9 @@ class VoiceAgentConnection:
         if interrupted:
             await self.send({"type": "stream_abort", "reason": self.interrupt_reason})
         else:
-            await self.send({"type": "stream_finish", "finishReason": reply.finish_reason, "usage": reply.usage})
+            await self.send(
+                {"type": "stream_finish", "finishReason": reply.finish_reason, "usage": reply.usage}
+            )
         await self.send(
             {
                 "type": "response_complete",
