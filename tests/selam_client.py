@@ -106,18 +106,16 @@ class SelamClient:
             time.sleep(max(0.0, next_at - time.monotonic()))
         return time.monotonic()
 
-    def send_stream(self, data: bytes, seconds: float, chunk_ms: int = 100) -> float:
-        """Streams a compressed recording as SelamGPT's browser example does: MediaRecorder chunks
-        every ``chunk_ms`` in real time (cut evenly by bytes), labelled ``pcm16`` as the example
-        labels them; returns when the last chunk left."""
-        count = max(1, round(seconds * 1000 / chunk_ms))
-        step = -(-len(data) // count)
+    def send_stream(self, chunks: list[bytes], chunk_ms: int = 100) -> float:
+        """Streams a recording as SelamGPT's browser example does: MediaRecorder chunks (the
+        first with the WebM header) every ``chunk_ms`` in real time, labelled ``pcm16`` as the
+        example labels them; returns when the last chunk left."""
         next_at = time.monotonic()
-        for start in range(0, len(data), step):
-            chunk = base64.b64encode(data[start : start + step]).decode()
-            self.emit("audio_chunk", {"audio": chunk, "format": "pcm16", "sample_rate": RATE})
+        for chunk in chunks:
             next_at += chunk_ms / 1000
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            time.sleep(max(0.0, next_at - time.monotonic()))  # the recorder hands a chunk out at its end
+            audio = base64.b64encode(chunk).decode()
+            self.emit("audio_chunk", {"audio": audio, "format": "pcm16", "sample_rate": RATE})
         return time.monotonic()
 
     def say(self, speech: np.ndarray, silence_s: float = 1.0, chunk_ms: int = 30) -> float:

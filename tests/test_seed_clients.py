@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 from tests.selam_client import SelamClient
 from tests.server import RunningServer
 from tests.speech import espeak_16k, normalize_words
-from tests.test_seed_clients_parts import webm_opus
+from tests.test_seed_clients_parts import media_recorder_chunks, webm_opus
 from voxloop.audio.codec import decode_audio
 from voxloop.audio.pcm import float_to_pcm16, pcm16_to_float, resample
 
@@ -49,7 +49,7 @@ def test_selam_seed_example_in_amharic_from_a_media_recorder(server: RunningServ
         speech = espeak_16k(AMHARIC_QUESTION, "am")
         recording = np.concatenate([np.zeros(4000, np.float32), speech, np.zeros(24000, np.float32)])
         sent = time.monotonic()
-        client.send_stream(webm_opus(recording), len(recording) / 16000)
+        client.send_stream(media_recorder_chunks(webm_opus(recording)))
         # Whisper base hears eSpeak's Amharic poorly (docs/selam.md: CER above 1): the turn is
         # transcribed and answered, its words are not checked.
         heard = client.wait("transcription", sent, 60, where=lambda data: data.get("is_final"))

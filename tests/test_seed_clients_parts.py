@@ -4,7 +4,7 @@ inferred microphone rate, SelamGPT's native voices, the spoken-style setting and
 from __future__ import annotations
 
 import io
-import time
+import itertools
 
 import av
 import numpy as np
@@ -23,10 +23,15 @@ from voxloop.protocols.selam.options import SelamError, parse_start
 RATE = 16000
 
 
+CLUSTER = bytes.fromhex("1f43b675")  # a Matroska Cluster element's id
+
+
 def webm_opus(audio: np.ndarray, rate: int = RATE) -> bytes:
-    """A WebM/Opus stream as a browser's MediaRecorder writes it (48 kHz Opus in Matroska)."""
+    """A WebM/Opus stream as a browser's MediaRecorder writes it: 48 kHz Opus in Matroska, live
+    (clusters of unknown size, no index), a cluster every 100 ms."""
     out = io.BytesIO()
-    with av.open(out, "w", format="webm") as container:
+    options = {"live": "1", "cluster_time_limit": "100"}
+    with av.open(out, "w", format="webm", options=options) as container:
         stream = container.add_stream("libopus", rate=48000, layout="mono")
         frame = av.AudioFrame.from_ndarray(
             np.frombuffer(float_to_pcm16(audio), "<i2").reshape(1, -1), format="s16", layout="mono"
@@ -39,6 +44,14 @@ def webm_opus(audio: np.ndarray, rate: int = RATE) -> bytes:
         for packet in stream.encode(None):
             container.mux(packet)
     return out.getvalue()
+
+
+def media_recorder_chunks(data: bytes) -> list[bytes]:
+    """The stream cut as ``MediaRecorder.start(100)`` hands it out: the header with the first
+    cluster, then a cluster (100 ms) a chunk."""
+    starts = [i for i in range(len(data)) if data.startswith(CLUSTER, i)]
+    bounds = [0, *starts[1:], len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,24 +67,23 @@ def test_media_recorder_stream_decodes_chunk_by_chunk() -> None:
     speech = espeak_16k("The quick brown fox jumps over the lazy dog.")
     data = webm_opus(speech)
     assert stream_container(data) == "webm" and stream_container(data[100:]) is None
+    chunks = media_recorder_chunks(data)
+    assert len(chunks) >= 10
     decoder = StreamDecoder("webm", RATE)
     try:
-        # MediaRecorder's timeslice chunks: the header in the first, clusters cut anywhere after.
-        step = len(data) // 12
         decoded, behind = [], []
-        for start in range(0, len(data), step):
-            started = time.perf_counter()
-            decoded.append(decoder.feed(data[start : start + step]))
-            assert time.perf_counter() - started < 1.0
-            # Audio held back: what was fed (in time) minus what came out, at most a couple of frames.
-            fed_s = min(1.0, (start + step) / len(data)) * len(speech) / RATE
+        for index, chunk in enumerate(chunks):
+            decoded.append(decoder.feed(chunk))
+            # Audio held back: what was fed (100 ms a chunk) minus what came out. The decoder
+            # hands out a chunk's frames at once; Opus and the resampler keep a few ms back.
+            fed_s = min((index + 1) * 0.1, len(speech) / RATE)
             behind.append(fed_s - sum(map(len, decoded)) / 2 / RATE)
     finally:
         decoder.close()
     audio = pcm16_to_float(b"".join(decoded))
     assert abs(len(audio) - len(speech)) < 0.1 * RATE
     assert correlation(audio, speech) > 0.8
-    assert max(behind[1:-1]) < 0.25  # Opus frames are 20 ms; chunks are cut mid-cluster
+    assert max(behind) < 0.1  # never a whole chunk behind
 
 
 def test_a_broken_stream_is_an_audio_format_error() -> None:
