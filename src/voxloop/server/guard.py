@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ErrorShape = Callable[[str], str]
 Handler = Callable[[WebSocket, Any], Awaitable[None]]
 GRACE_S = 1.0  # after the close frame, time the handler gets to finish on its own
+REFUSALS = {401: "unauthorized", 403: "forbidden", 429: "rate_limited", 503: "unavailable"}  # HTTP
 
 
 def lease_of(websocket: WebSocket) -> Lease | None:
@@ -143,7 +144,7 @@ class GuardedRoute:
     async def refuse(self, websocket: WebSocket, message: str, kind: str, code: int, status: int) -> None:
         ERRORS.labels(self.path, kind).inc()
         if self.http_refusals and "websocket.http.response" in websocket.scope.get("extensions", {}):
-            body = {"error": {"type": kind, "message": message, "status": status}}
+            body = {"error": {"type": REFUSALS.get(status, kind), "message": message, "status": status}}
             await websocket.send_denial_response(JSONResponse(body, status))
             return
         await websocket.accept(self.chosen_subprotocol(websocket))
