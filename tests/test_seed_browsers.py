@@ -90,6 +90,13 @@ class _Pages(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def do_GET(self) -> None:
+        if self.path == "/favicon.ico":  # browsers ask; a 404 would show as a console error
+            self.send_response(204)
+            self.end_headers()
+            return
+        super().do_GET()
+
 
 @pytest.fixture(scope="module")
 def pages(node_modules: Path) -> Iterator[str]:
@@ -162,12 +169,13 @@ def open_page(browser: playwright.Browser, url: str) -> tuple[playwright.Page, l
     return page, console
 
 
-def wait_until(condition, timeout: float, what: str, console: list[str] | None = None):
+def wait_until(page: playwright.Page, condition, timeout: float, what: str, console: list[str] | None = None):
+    """Polls ``condition``; Playwright delivers page events (console) only while it is called."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := condition():
             return result
-        time.sleep(0.1)
+        page.wait_for_timeout(100)
     raise AssertionError(f"timed out waiting for {what}; console: {(console or [])[-20:]}")
 
 
@@ -191,17 +199,20 @@ def test_selam_example_amharic_push_to_talk(
     )
     try:
         wait_until(
-            lambda: any("Session started:" in line for line in console), 30, "session_started", console
+            page, lambda: any("Session started:" in line for line in console), 30, "session_started", console
         )
         page.evaluate("window.__ends = 0; agent.socket.on('audio_end', () => window.__ends++)")
         page.evaluate("agent.startTalking()")
         speech_s = len(espeak_wav(AMHARIC_QUESTION, "am")[0]) / 22050
-        time.sleep(1 / 3 + speech_s + 1.5)  # the user holds the button while speaking
+        page.wait_for_timeout((1 / 3 + speech_s + 1.5) * 1000)  # the user holds the button while speaking
         page.evaluate("agent.stopTalking()")
         # Transcribed (poorly by Whisper base: docs/selam.md), then answered aloud.
-        wait_until(lambda: [line for line in console if "User:" in line], 60, "a transcription", console)
-        wait_until(lambda: page.evaluate("window.__ends") >= 1, 120, "audio_end", console)
+        wait_until(
+            page, lambda: [line for line in console if "User:" in line], 60, "a transcription", console
+        )
+        wait_until(page, lambda: page.evaluate("window.__ends") >= 1, 120, "audio_end", console)
         plays = wait_until(
+            page,
             lambda: (p := page.evaluate("window.__plays")) and all(x["ended"] for x in p) and p,
             60,
             "every chunk to play out",
@@ -233,6 +244,7 @@ def test_voice_agent_client_clip_playback_and_interrupt(
         page.evaluate(f"recordQuestion({1 / 3 + speech_s + 0.5:.2f})")
         messages = lambda: page.evaluate("__msgs")  # noqa: E731
         heard = wait_until(
+            page,
             lambda: [m for m in messages() if m["type"] == "transcription_result"],
             60,
             "transcription",
@@ -240,6 +252,7 @@ def test_voice_agent_client_clip_playback_and_interrupt(
         )
         assert "france" in heard[0]["text"].lower(), heard
         done = wait_until(
+            page,
             lambda: [m for m in messages() if m["type"] == "response_complete"],
             90,
             "response_complete",
@@ -247,19 +260,30 @@ def test_voice_agent_client_clip_playback_and_interrupt(
         )
         assert "paris" in done[0]["text"].lower(), done
         wait_until(
-            lambda: page.evaluate("__plays.length && __plays.every(p => p.ended)"), 60, "playback", console
+            page,
+            lambda: page.evaluate("__plays.length && __plays.every(p => p.ended)"),
+            60,
+            "playback",
+            console,
         )
 
         # A long answer, interrupted from the page while it plays.
         page.evaluate(
             "__plays.length = 0; client.sendText('Tell me a long story about a dragon and a knight.')"
         )
-        wait_until(lambda: page.evaluate("__plays.some(p => p.playing)"), 90, "the story to play", console)
+        wait_until(
+            page, lambda: page.evaluate("__plays.some(p => p.playing)"), 90, "the story to play", console
+        )
         page.evaluate("client.interrupt()")
         wait_until(
-            lambda: [m for m in messages() if m["type"] == "speech_interrupted"], 10, "speech_interrupted"
+            page,
+            lambda: [m for m in messages() if m["type"] == "speech_interrupted"],
+            10,
+            "speech_interrupted",
         )
-        wait_until(lambda: page.evaluate("__plays.every(p => p.ended || p.paused)"), 10, "playback to stop")
+        wait_until(
+            page, lambda: page.evaluate("__plays.every(p => p.ended || p.paused)"), 10, "playback to stop"
+        )
         stopped = page.evaluate("__plays.length")
 
         def after_abort() -> list[str]:
@@ -267,7 +291,7 @@ def test_voice_agent_client_clip_playback_and_interrupt(
             return kinds[kinds.index("stream_abort") :] if "stream_abort" in kinds else []
 
         # The SDK's ending of a cut reply: stream_abort, then response_complete; no audio after.
-        wait_until(lambda: "response_complete" in after_abort(), 10, "stream_abort, response_complete")
+        wait_until(page, lambda: "response_complete" in after_abort(), 10, "stream_abort, response_complete")
         assert "audio_chunk" not in after_abort() and page.evaluate("__plays.length") == stopped
     finally:
         page.context.close()
@@ -291,7 +315,7 @@ async ([base, key, text]) => {
     if (ws && (path === '/ws' || path === '/ws/tts')) {
       // Seed 001: one JSON request, binary PCM S16LE 44.1 kHz, then EOS; played as it comes.
       const ctx = new AudioContext({ sampleRate: 44100 });
-      let at = ctx.currentTime + 0.05, samples = 0;
+      let at = ctx.currentTime + 0.05, samples = 0, last = null;
       const done = new Promise((resolve) => {
         ws.onmessage = (e) => {
           if (typeof e.data === 'string') { resolve(e.data); return; }
@@ -302,6 +326,7 @@ async ([base, key, text]) => {
           source.buffer = buffer;
           source.connect(ctx.destination);
           source.start(at);
+          last = source;
           at += buffer.duration;
           samples += pcm.length;
         };
@@ -309,7 +334,7 @@ async ([base, key, text]) => {
       ws.send(JSON.stringify({ text, voice: 'F1', lang: 'en' }));
       result[path].end = await done;
       result[path].seconds = samples / 44100;
-      await new Promise((resolve) => setTimeout(resolve, Math.max(0, (at - ctx.currentTime) * 1000)));
+      await new Promise((resolve) => { last.onended = resolve; });  // the whole answer was heard
       result[path].played = ctx.currentTime;
       await ctx.close();
     }
@@ -336,8 +361,8 @@ def test_lokutor_sockets_from_a_browser(
         page.context.close()
     for path, seen in result.items():
         assert "open" not in seen["refused"] and seen["refused"][-1] == "close 1006", (path, seen)
-        assert seen["accepted"] == ["open"], (path, seen)
+        assert seen["accepted"][0] == "open", (path, seen)  # then our own close
     for path in ("/ws", "/ws/tts"):
         assert result[path]["end"] == "EOS" and result[path]["seconds"] > 0.5, result[path]
-        assert result[path]["played"] >= result[path]["seconds"], result[path]
+        assert result[path]["played"] >= result[path]["seconds"], result
     assert result["/ws/agent"]["answer"] == {"type": "status", "data": "prompt_set"}
