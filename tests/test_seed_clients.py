@@ -61,14 +61,36 @@ def test_selam_seed_example_in_amharic_from_a_media_recorder(server: RunningServ
         assert chunks and end.data["total_chunks"] == len(chunks) and not end.data["interrupted"]
         audio = np.concatenate([decode_audio(base64.b64decode(e.data["audio"]), "mp3") for e in chunks])
         assert np.sqrt(np.mean(audio**2)) > 0.01  # spoken, not silence
-        # Played on arrival (`new Audio(...).play()`): a chunk never arrives before the one before
-        # it has (nearly) finished, so no two overlap.
-        plays_until = 0.0
-        for event in chunks:
-            assert event.at >= plays_until - OVERLAP_TOLERANCE_S, (event.at, plays_until)
-            plays_until = max(plays_until, event.at) + mp3_seconds(event.data)
+        assert_no_overlap(chunks)
+
+        # A reply of several sentences, for the pacing between chunks.
+        since = client.emit("end_session")
+        client.wait("session_ended", since)
+        client.start(voice="alloy", language="en", instructions=STORYTELLER)
+        question = espeak_16k("Tell me a story about a dragon.")
+        sent = time.monotonic()
+        client.send_stream(media_recorder_chunks(webm_opus(np.concatenate([question, np.zeros(24000)]))))
+        end = client.wait_event("audio_end", sent, 120)
+        chunks = client.events("audio_chunk", sent, end.at + 0.001)
+        assert len(chunks) >= 2, client.summary(sent)
+        assert_no_overlap(chunks)
     finally:
         client.close()
+
+
+STORYTELLER = "You are a storyteller. Tell stories of at least four sentences."
+
+
+def assert_no_overlap(chunks: list) -> None:
+    """Played on arrival (`new Audio(...).play()`): a chunk never arrives before the one before it
+    has (nearly) finished, so no two overlap. Prints the gaps (silence between two chunks)."""
+    plays_until, gaps = 0.0, []
+    for index, event in enumerate(chunks):
+        assert event.at >= plays_until - OVERLAP_TOLERANCE_S, (index, event.at - plays_until)
+        if index:
+            gaps.append(event.at - plays_until)
+        plays_until = max(plays_until, event.at) + mp3_seconds(event.data)
+    print(f"play on arrival: {len(chunks)} chunks, arrival minus previous end (s): {np.round(gaps, 3)}")
 
 
 def test_lokutor_raw_api_example_with_an_undeclared_16k_microphone(server: RunningServer) -> None:
