@@ -27,9 +27,7 @@ from tests.speech import espeak_wav
 from voxloop.audio.pcm import resample, write_wav
 
 playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extras)")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("needs Debian's chromium (scripts/install-system.sh --test)", allow_module_level=True)
+from tests.test_playground import launch  # noqa: E402 -- one browser launcher; skips without chromium
 
 PAGES = Path(__file__).parent / "pages"
 NPM_CACHE = Path(os.environ.get("VOXLOOP_NPM_CACHE", Path.home() / ".cache" / "voxloop" / "npm"))
@@ -116,25 +114,6 @@ def microphone(folder: Path, name: str, text: str, voice: str) -> Path:
     path = folder / f"{name}.wav"
     path.write_bytes(write_wav(audio.astype(np.float32), MIC_RATE))
     return path
-
-
-def launch(p: playwright.Playwright, wav: Path) -> playwright.Browser:
-    return p.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
-        ],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -243,22 +222,16 @@ def test_voice_agent_client_clip_playback_and_interrupt(
         speech_s = len(espeak_wav(ENGLISH_QUESTION)[0]) / 22050
         page.evaluate(f"recordQuestion({1 / 3 + speech_s + 0.5:.2f})")
         messages = lambda: page.evaluate("__msgs")  # noqa: E731
-        heard = wait_until(
-            page,
-            lambda: [m for m in messages() if m["type"] == "transcription_result"],
-            60,
-            "transcription",
-            console,
-        )
-        assert "france" in heard[0]["text"].lower(), heard
-        done = wait_until(
-            page,
-            lambda: [m for m in messages() if m["type"] == "response_complete"],
-            90,
-            "response_complete",
-            console,
-        )
-        assert "paris" in done[0]["text"].lower(), done
+
+        def first(kind: str, timeout: float) -> dict:
+            return wait_until(
+                page, lambda: [m for m in messages() if m["type"] == kind], timeout, kind, console
+            )[0]
+
+        heard = first("transcription_result", 60)
+        assert "france" in heard["text"].lower(), heard
+        done = first("response_complete", 90)
+        assert "paris" in done["text"].lower(), done
         wait_until(
             page,
             lambda: page.evaluate("__plays.length && __plays.every(p => p.ended)"),
@@ -275,12 +248,7 @@ def test_voice_agent_client_clip_playback_and_interrupt(
             page, lambda: page.evaluate("__plays.some(p => p.playing)"), 90, "the story to play", console
         )
         page.evaluate("client.interrupt()")
-        wait_until(
-            page,
-            lambda: [m for m in messages() if m["type"] == "speech_interrupted"],
-            10,
-            "speech_interrupted",
-        )
+        first("speech_interrupted", 10)
         wait_until(
             page, lambda: page.evaluate("__plays.every(p => p.ended || p.paused)"), 10, "playback to stop"
         )
