@@ -16,6 +16,9 @@ import av
 from voxloop.audio.pcm import AudioFormatError
 
 CONTAINER_MAGIC = {b"\x1aE\xdf\xa3": "webm", b"OggS": "ogg"}  # streams MediaRecorder writes
+# What the header (the first chunk's first bytes) must name: the EBML document type, or Opus.
+HEADER_NAMES = {"webm": (b"webm", b"matroska"), "ogg": (b"OpusHead",)}
+HEADER_SPAN = 128
 DRAIN_TIMEOUT_S = 2.0  # a demuxer that takes longer over one chunk is stuck
 MAX_PENDING_BYTES = 1 << 20  # compressed bytes not yet read: the client sends faster than we decode
 # FFmpeg's Matroska reader skips what it cannot parse, looking for the next element, so a stream
@@ -79,7 +82,9 @@ class StreamDecoder:
     """One compressed stream -> mono PCM16 at ``rate``. ``feed`` blocks: call it off the event loop."""
 
     def __init__(self, container: str, rate: int = 16000) -> None:
+        """``container`` as ``stream_container`` named it for the stream's first chunk."""
         self.container, self.rate = container, rate
+        self._checked = False  # the header names its document type: FFmpeg would read on regardless
         self._pipe = _Pipe()
         self._lock = threading.Lock()
         self._decoded = bytearray()
@@ -94,6 +99,13 @@ class StreamDecoder:
         """Adds a chunk; returns the PCM16 decoded so far (all of this chunk's complete frames)."""
         if self._finished.is_set() and self._error is None:
             raise AudioFormatError(f"the {self.container} stream has ended; start a new one")
+        if not self._checked:
+            if not any(name in chunk[:HEADER_SPAN] for name in HEADER_NAMES[self.container]):
+                self._fail(AudioFormatError(f"not a {self.container} stream: its header names no codec"))
+                self.close()
+            self._checked = True
+        if self._error is not None:
+            raise self._error
         self._fed += len(chunk)
         self._pipe.write(chunk)
         if not self._pipe.wait_drained(self._finished, DRAIN_TIMEOUT_S):
