@@ -125,6 +125,12 @@ class SelamAgent:
             )
         raw = _decode_base64(data.get("audio"))
         container = stream_container(raw)
+        if container is None and self.decoder is None and fmt.lower().split(";")[0] in STREAM_FORMATS:
+            raise SelamError(
+                "audio_error",
+                f"a {fmt} stream starts with its header: send the recorder's first chunk first",
+                "bad_stream",
+            )
         if container is not None or self.decoder is not None:
             pcm, rate = await self._decode_stream(raw, container), 16000
         else:
