@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from voxloop.audio.codec import encode_mp3
+from voxloop.audio.codec import encode_mp3_timed
 from voxloop.audio.pcm import AudioFormatError
 from voxloop.audio.stream import StreamDecoder, stream_container
 from voxloop.backends.registry import Backends
@@ -261,7 +261,7 @@ class SelamAgent:
                 case events.AudioOut(pcm=pcm, generation=generation):
                     text = getattr(event, "text", "") or ""
                     rate = session.config.output_rate
-                    mp3 = await asyncio.to_thread(encode_mp3, pcm, rate)
+                    mp3, seconds = await asyncio.to_thread(encode_mp3_timed, pcm, rate)
                     piece = [("response", {"text": text, "generation": generation})] if text else []
                     self.chunks += 1
                     chunk = {
@@ -272,7 +272,7 @@ class SelamAgent:
                         "text": text,
                         "generation": generation,
                     }
-                    pacer.put([*piece, ("audio_chunk", chunk)], generation, len(pcm) / 2 / rate)
+                    pacer.put([*piece, ("audio_chunk", chunk)], generation, seconds)
                 case events.ResponseDone(generation=generation, text=text, interrupted=interrupted):
                     if interrupted:
                         pacer.drop(generation)
