@@ -167,18 +167,17 @@ def test_errors_have_the_seed_types_and_the_connection_survives(server: RunningS
         assert refused.events("connected") == []
         refused.close()
 
-    client = SelamClient(server.http, server.api_key, voice="mekdes").connect()
+    client = SelamClient(server.http, server.api_key, voice="nobody").connect()
     other = SelamClient(server.http, server.api_key).connect()
     try:
-        assert "Amharic" in client.wait_error("validation_error", 0)["message"]
+        assert "nobody" in client.wait_error("validation_error", 0)["message"]
         client.wait("connected")  # the connection stays: start_session may name a good voice
 
         checks = [
             ("audio_chunk", {"audio": "AAAA", "format": "pcm16", "sample_rate": 16000}, "session_error"),
             ("control", {"action": "pause"}, "session_error"),
             ("end_session", None, "session_error"),
-            ("start_session", {"voice": "mekdes", "language": "am"}, "validation_error"),
-            ("start_session", {"voice": "ubax"}, "validation_error"),
+            ("start_session", {"voice": "mekdes", "language": "tlh"}, "validation_error"),
             ("start_session", {"voice": "hibari", "language": "es"}, "validation_error"),
             ("start_session", {"voice": "no-such-voice"}, "validation_error"),
             ("start_session", {"voice": "alloy", "vad_threshold": "loud"}, "validation_error"),

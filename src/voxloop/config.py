@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 256
     llm_temperature: float = 0.6
+    spoken_style: bool = Field(
+        True, description="Append a 'short, plain spoken sentences' instruction to every prompt."
+    )
     server_tools: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Built-in server-side tools to offer the LLM, e.g. get_current_time.",

@@ -126,6 +126,16 @@ class ResponseDone:
 
 
 @dataclass(frozen=True)
+class LlmUsage:
+    """One LLM request of a reply finished (a reply with tool calls makes several)."""
+
+    finish_reason: str  # "stop", "length", "tool-calls", ...
+    input_tokens: int
+    output_tokens: int
+    generation: int
+
+
+@dataclass(frozen=True)
 class TurnMetrics:
     """Per-turn latencies in seconds, measured from the end of the user's speech."""
 
@@ -156,5 +166,6 @@ Event = (
     | Interrupted
     | ResponseDone
     | TurnMetrics
+    | LlmUsage
     | Error
 )

@@ -10,6 +10,7 @@ SPOKEN_STYLE = (
     "Your words are spoken aloud by a voice: answer in one to three short, plain sentences, "
     "without lists, markdown or emoji."
 )
+VERBATIM = "[verbatim]"  # a prompt starting with this is used as written: no spoken-style suffix
 
 
 class HistoryListener(Protocol):
@@ -34,6 +35,7 @@ class History:
     def __init__(self, prompt: str = "You are a helpful voice assistant.", max_messages: int = 20) -> None:
         self.prompt = prompt
         self.max_messages = max_messages
+        self.spoken_style = True  # VOXLOOP_SPOKEN_STYLE: append SPOKEN_STYLE to the prompt
         self.messages: list[ChatMessage] = []
         self.listeners: list[HistoryListener] = []
 
@@ -74,8 +76,13 @@ class History:
             listener.deleted(message)
 
     def system(self, language: str) -> ChatMessage:
-        reply_in = "" if language == "en" else f" Always answer in the language with code '{language}'."
-        return ChatMessage("system", f"{self.prompt.strip()}\n\n{SPOKEN_STYLE}{reply_in}")
+        prompt = self.prompt.strip()
+        verbatim = prompt.startswith(VERBATIM)
+        prompt = prompt.removeprefix(VERBATIM).strip()
+        reply_in = "" if language == "en" else f"Always answer in the language with code '{language}'."
+        style = SPOKEN_STYLE if self.spoken_style and not verbatim else ""
+        suffix = " ".join(part for part in (style, reply_in) if part)
+        return ChatMessage("system", f"{prompt}\n\n{suffix}" if suffix else prompt)
 
     def for_llm(self, language: str, pending: list[ChatMessage] | None = None) -> list[ChatMessage]:
         """System prompt + the kept history + this turn's messages."""

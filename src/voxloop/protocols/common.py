@@ -36,6 +36,7 @@ def new_session(backends: Backends, **changes: Any) -> Session:
     )
     config = SessionConfig(voice=settings.default_voice, language=settings.default_language, turn=turn)
     session = Session(backends, config, builtin_tools.subset(settings.server_tools))
+    session.history.spoken_style = settings.spoken_style
     if changes:
         try:
             session.configure(**changes)

@@ -112,18 +112,24 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in found[1]]})
 
     def websocket_route(
-        path: str, handler: Handler, error_shape: Callable[[str], str], subprotocol: str | None = None
+        path: str,
+        handler: Handler,
+        error_shape: Callable[[str], str],
+        subprotocol: str | None = None,
+        http_refusals: bool = False,
     ) -> None:
         """Origin, key, limits, revocation and drain for ``handler``: see service/guard.py."""
-        app.router.add_websocket_route(path, GuardedRoute(path, handler, error_shape, subprotocol))
+        route = GuardedRoute(path, handler, error_shape, subprotocol, http_refusals)
+        app.router.add_websocket_route(path, route)
 
     def json_error(message: str) -> str:
         return json.dumps({"type": "error", "data": message})
 
+    # Lokutor's SDKs read a refused handshake's HTTP status (seed 001: 401, 429, 503).
     for path in ("/ws", "/ws/tts"):
-        websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
-    websocket_route("/ws/stt", serve_stt, json_error)
-    websocket_route("/ws/agent", serve_agent, json_error)
+        websocket_route(path, serve_tts, lambda message: f"ERR: {message}", http_refusals=True)
+    websocket_route("/ws/stt", serve_stt, json_error, http_refusals=True)
+    websocket_route("/ws/agent", serve_agent, json_error, http_refusals=True)
     websocket_route(realtime.PATH, realtime.serve_realtime, realtime.error_shape, realtime.SUBPROTOCOL)
     websocket_route("/v1/voice-agent", voice_agent.serve_voice_agent, voice_agent.error_shape)
     websocket_route("/v1/video-agent", voice_agent.serve_video_agent, voice_agent.error_shape)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ErrorShape = Callable[[str], str]
 Handler = Callable[[WebSocket, Any], Awaitable[None]]
 GRACE_S = 1.0  # after the close frame, time the handler gets to finish on its own
+REFUSALS = {401: "unauthorized", 403: "forbidden", 429: "rate_limited", 503: "unavailable"}  # HTTP
 
 
 def lease_of(websocket: WebSocket) -> Lease | None:
@@ -78,10 +80,18 @@ class GuardedRoute:
     """An ASGI app for one WebSocket path (mount it with ``router.add_websocket_route``)."""
 
     def __init__(
-        self, path: str, handler: Handler, error_shape: ErrorShape, subprotocol: str | None = None
+        self,
+        path: str,
+        handler: Handler,
+        error_shape: ErrorShape,
+        subprotocol: str | None = None,
+        http_refusals: bool = False,
     ) -> None:
         self.path, self.handler, self.error_shape = path, handler, error_shape
         self.subprotocol = subprotocol  # accepted when the client offers it (OpenAI's "realtime")
+        # Refuse at the handshake with an HTTP status (401/403/429/503) and a JSON body, as the
+        # Lokutor SDKs expect, instead of accepting the socket to send an error and close it.
+        self.http_refusals = http_refusals
 
     def chosen_subprotocol(self, websocket: WebSocket) -> str | None:
         offered = websocket.headers.get("sec-websocket-protocol", "").split(",")
@@ -106,17 +116,20 @@ class GuardedRoute:
 
         websocket = WebSocket(scope, metered, send)
         if not origin_allowed(websocket, state.cors_origins):
-            await self.refuse(websocket, "forbidden: origin not allowed", "forbidden", 1008)
+            await self.refuse(websocket, "forbidden: origin not allowed", "forbidden", 1008, 403)
             return
         keys: KeyCheck = state.keys
         info = keys.identify(keys.key_of(websocket))
         if info is None:
-            await self.refuse(websocket, "unauthorized: missing or invalid API key", "unauthorized", 1008)
+            await self.refuse(
+                websocket, "unauthorized: missing or invalid API key", "unauthorized", 1008, 401
+            )
             return
         try:
             lease = state.limits.open_session(info)
         except LimitExceeded as exc:
-            await self.refuse(websocket, exc.message, "rate_limited", 1013 if exc.status == 429 else 1001)
+            code = 1013 if exc.status == 429 else 1001
+            await self.refuse(websocket, exc.message, "rate_limited", code, exc.status)
             return
         websocket.state.lease = lease
         await websocket.accept(
@@ -128,8 +141,12 @@ class GuardedRoute:
         finally:
             SESSIONS.labels(self.path).dec()
 
-    async def refuse(self, websocket: WebSocket, message: str, kind: str, code: int) -> None:
+    async def refuse(self, websocket: WebSocket, message: str, kind: str, code: int, status: int) -> None:
         ERRORS.labels(self.path, kind).inc()
+        if self.http_refusals and "websocket.http.response" in websocket.scope.get("extensions", {}):
+            body = {"error": {"type": REFUSALS.get(status, kind), "message": message, "status": status}}
+            await websocket.send_denial_response(JSONResponse(body, status))
+            return
         await websocket.accept(self.chosen_subprotocol(websocket))
         await websocket.send_text(self.error_shape(message))
         await websocket.close(code=code)

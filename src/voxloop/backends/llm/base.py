@@ -45,7 +45,23 @@ class ReasoningDelta:
     text: str
 
 
-LlmEvent = TextDelta | ReasoningDelta | ToolCall
+@dataclass
+class Usage:
+    """The last event of a stream: why it stopped ("stop", "length", "tool-calls") and its tokens."""
+
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+LlmEvent = TextDelta | ReasoningDelta | ToolCall | Usage
+
+
+def finish_reason_of(openai_reason: str | None) -> str:
+    """OpenAI's finish_reason in the AI SDK's words (what VoiceAgent clients read)."""
+    return {"length": "length", "tool_calls": "tool-calls", "content_filter": "content-filter"}.get(
+        openai_reason or "stop", "stop"
+    )
 
 
 class LlmError(RuntimeError):

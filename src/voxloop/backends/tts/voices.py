@@ -24,10 +24,13 @@ from voxloop.backends.tts.piper_tts import PiperEngine
 from voxloop.config import Settings
 
 # Language -> espeak-ng voice. Base codes only: "pt" is Brazilian, "es" is Spain's Spanish.
+# Tigrinya is written in the Ge'ez script, which the Amharic voice reads. Somali has no eSpeak
+# voice: Oromo's is the nearest that reads its Latin spelling (a fellow Cushitic language with the
+# same conventions: doubled letters for long vowels, "dh", "x" and "c" as consonants).
 ESPEAK_VOICES = {
     "en": "en-us", "es": "es", "fr": "fr", "pt": "pt-br", "ko": "ko",
     "it": "it", "de": "de", "ca": "ca", "eu": "eu", "id": "id", "nl": "nl", "pl": "pl",
-    "ru": "ru", "tr": "tr",
+    "ru": "ru", "tr": "tr", "am": "am", "om": "om", "ti": "am", "so": "om",
 }  # fmt: skip
 NEURAL_LANGUAGE = "en"
 STYLES = range(1, 6)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_RATE = 44100
 CLIENT_STALL_S = 10.0
+DEFAULT_VOICE = "M1"  # seed 001's default for a request that names none
 
 
 class TtsRequest(BaseModel):
@@ -37,7 +38,9 @@ class TtsRequest(BaseModel):
     voice: StrictStr | None = None
     lang: StrictStr | None = Field(None, validation_alias=AliasChoices("lang", "language"))
     speed: float = Field(1.05, ge=0.25, le=4.0)
-    steps: int = Field(5, ge=1, le=100)  # accepted for compatibility; our voices have no steps
+    # Accepted for compatibility and otherwise ignored: none of voxloop's voices has a step count
+    # or a model version to trade quality for speed (docs/voices.md).
+    steps: int = Field(5, ge=1, le=100)
     version: StrictStr = "versa-1.0"
     visemes: StrictBool = False
 
@@ -79,7 +82,7 @@ async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
                 continue
             try:
                 request = parse_request(raw, backends.settings.max_tts_chars)
-                voice = speaker.resolve(request.voice, request.lang)
+                voice = speaker.resolve(request.voice or DEFAULT_VOICE, request.lang)
                 language = speaker.language_of(request.lang, voice)
             except ValueError as exc:
                 await websocket.send_text(f"ERR: {exc}")

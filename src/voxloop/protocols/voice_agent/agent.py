@@ -58,6 +58,10 @@ class Reply:
     speaking: bool = False
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     tool_results: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str = "stop"  # the last LLM request's
+    usage: dict[str, int] = field(  # summed over the reply's LLM requests, in the AI SDK's names
+        default_factory=lambda: {"inputTokens": 0, "outputTokens": 0, "totalTokens": 0}
+    )
 
 
 class VoiceAgentConnection:
@@ -121,6 +125,7 @@ class VoiceAgentConnection:
             if len(text) > MAX_TEXT_CHARS:
                 raise ValueError(f"transcript too long ({len(text)} characters, at most {MAX_TEXT_CHARS})")
             await self.queue_input("text", text.strip())
+            await self.session.interrupt("new_input")  # as the SDK: the reply stops on receipt
         elif kind == "audio":
             hint = audio_format(message.get("format"))
             data = decode_base64(message.get("data"), MAX_AUDIO_BYTES, "audio")
@@ -250,6 +255,12 @@ class VoiceAgentConnection:
                     )
                 case events.AudioOut(pcm=pcm, generation=generation, text=text):
                     await self.audio_chunk(self.reply_for(generation), pcm, text)
+                case events.LlmUsage(generation=generation) as usage:
+                    reply = self.reply_for(generation)
+                    reply.finish_reason = usage.finish_reason
+                    reply.usage["inputTokens"] += usage.input_tokens
+                    reply.usage["outputTokens"] += usage.output_tokens
+                    reply.usage["totalTokens"] += usage.input_tokens + usage.output_tokens
                 case events.Interrupted(generation=generation, reason=reason):
                     await self.send({"type": "speech_interrupted", "reason": self.wire_reason(reason)})
                 case events.ResponseDone(generation=generation, text=text, interrupted=interrupted):
@@ -284,16 +295,21 @@ class VoiceAgentConnection:
         )
 
     async def finish(self, reply: Reply, heard: str, interrupted: bool) -> None:
-        if reply.text_open:
-            await self.send({"type": "text_end", "id": reply.text_id})
-        if reply.reasoning_open:
-            await self.send({"type": "reasoning_end", "id": f"rsn_{reply.generation}"})
+        """The SDK's endings: text_end, stream_finish {finishReason, usage}, response_complete; or,
+        cut short, speech_stream_end, stream_abort and response_complete with the text so far."""
+        if not interrupted:
+            if reply.text_open:
+                await self.send({"type": "text_end", "id": reply.text_id})
+            if reply.reasoning_open:
+                await self.send({"type": "reasoning_end", "id": f"rsn_{reply.generation}"})
         if reply.speaking:
             await self.send({"type": "speech_stream_end"})
         if interrupted:
-            await self.send({"type": "stream_abort", "reason": "interrupted"})
-            return
-        await self.send({"type": "stream_finish", "finishReason": "stop"})
+            await self.send({"type": "stream_abort", "reason": self.interrupt_reason})
+        else:
+            await self.send(
+                {"type": "stream_finish", "finishReason": reply.finish_reason, "usage": reply.usage}
+            )
         await self.send(
             {
                 "type": "response_complete",
