@@ -12,10 +12,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
-from voxloop.server.auth import KeyCheck
-from voxloop.server.guard import GuardedRoute
-from voxloop.server.keys import KeyLimits
-from voxloop.server.limits import Limiter
+from voxloop.service.auth import KeyCheck
+from voxloop.service.guard import GuardedRoute
+from voxloop.service.keys import KeyLimits
+from voxloop.service.limits import Limiter
 
 
 def app_with(limits: Limiter) -> tuple[Starlette, list[str]]:

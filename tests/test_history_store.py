@@ -12,7 +12,7 @@ import pytest
 
 from voxloop.backends.llm.base import ChatMessage, ToolCall
 from voxloop.engine.history import History
-from voxloop.server.history_store import ConversationStore, HistoryError
+from voxloop.service.history_store import ConversationStore, HistoryError
 
 
 async def test_turns_in_order_per_session(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ async def test_history_listener_keeps_spoken_turns_only(tmp_path: Path) -> None:
     history = History()
     history.listeners.append(store.listener("s1", "k", errors.append))
     call = ToolCall("c1", "get_time", {})
-    history.extend(
+    history.insert(
         [
             ChatMessage("user", "What time is it?"),
             ChatMessage("assistant", "", tool_calls=[call]),
@@ -65,7 +65,7 @@ async def test_write_failures_are_reported_not_raised_into_the_engine(tmp_path: 
     errors: list[str] = []
     history = History()
     history.listeners.append(store.listener("s", None, errors.append))
-    history.extend([ChatMessage("user", "hi"), ChatMessage("assistant", "hello")])  # does not raise
+    history.insert([ChatMessage("user", "hi"), ChatMessage("assistant", "hello")])  # does not raise
     for _ in range(200):
         if errors:
             break
@@ -75,3 +75,32 @@ async def test_write_failures_are_reported_not_raised_into_the_engine(tmp_path: 
     await store.record("s", "user", "saved again")  # the store recovers once the disk does
     assert [t.text for t in store.turns("s")[1]] == ["saved again"]
     store.close()
+
+
+async def test_truncate_and_delete_keep_the_store_equal_to_the_context(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path / "history.db")
+    errors: list[str] = []
+    history = History()
+    history.listeners.append(store.listener("s", None, errors.append))
+    question, story = ChatMessage("user", "Tell me a story."), ChatMessage("assistant", "Once upon a time.")
+    aside = ChatMessage("user", "By the way.")
+    history.insert([question, story])
+    history.insert([aside])
+    history.truncate(story.id, "Once upon")  # the client heard this much
+    history.delete(aside.id)
+    history.truncate("no-such-id", "ignored")
+    assert [(m.role, m.content) for m in history.messages] == [
+        ("user", "Tell me a story."),
+        ("assistant", "Once upon"),
+    ]
+    store.close()  # waits for the queued writes
+    reopened = ConversationStore(tmp_path / "history.db")
+    found = reopened.turns("s")
+    assert found is not None and [(t.role, t.text) for t in found[1]] == [
+        (m.role, m.content) for m in history.messages
+    ]
+    history.listeners.clear()
+    history.truncate(story.id, "")  # nothing heard: the message goes
+    assert [m.id for m in history.messages] == [question.id]
+    assert not errors
+    reopened.close()

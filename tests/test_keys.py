@@ -19,9 +19,9 @@ from websockets.sync.client import connect
 from tests.server import RunningServer, start_server
 from tests.speech import espeak_16k
 from voxloop.audio.pcm import float_to_pcm16
-from voxloop.server.auth import KeyCheck
-from voxloop.server.keys import KeyInfo, KeyLimits, KeyStore
-from voxloop.server.limits import Limiter, LimitExceeded
+from voxloop.service.auth import KeyCheck
+from voxloop.service.keys import KeyInfo, KeyLimits, KeyStore
+from voxloop.service.limits import Limiter, LimitExceeded
 
 ORIGIN = "https://app.example"
 

@@ -53,7 +53,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    from voxloop.server.keys import KeyStore
+    from voxloop.service.keys import KeyStore
 
     store = KeyStore(Settings().keys_path)
     if args.action == "create":

@@ -45,6 +45,8 @@ class TranscriptFinal:
     generation: int
     interrupted: bool = False  # assistant only: the text is what was actually played
     language: str = ""  # the language the user spoke (user) or the reply is in (assistant)
+    # The history message holding the text (History.find / truncate / delete); "" when none.
+    message_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

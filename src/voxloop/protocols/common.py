@@ -14,7 +14,16 @@ from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session, SessionConfig
 from voxloop.engine.tools import builtin_tools
-from voxloop.server.limits import Lease, LimitExceeded
+from voxloop.service.limits import Lease, LimitExceeded
+
+SUPPORTED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def check_sample_rate(rate: object) -> int:
+    """A client's input sample rate, or ValueError naming the ones accepted."""
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SUPPORTED_INPUT_RATES:
+        raise ValueError(f"unsupported sample_rate {rate!r}; use one of {list(SUPPORTED_INPUT_RATES)}")
+    return rate
 
 
 def new_session(backends: Backends, **changes: Any) -> Session:

@@ -27,12 +27,12 @@ from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.selam.server import mount_selam
 from voxloop.protocols.soca.voice import soca_endpoint
 from voxloop.protocols.voice_agent import agent as voice_agent
-from voxloop.server.auth import KeyCheck, require_key
-from voxloop.server.errors import ApiError, install_error_handlers
-from voxloop.server.guard import GuardedRoute
-from voxloop.server.history_store import ConversationStore
-from voxloop.server.keys import KeyLimits, KeyStore
-from voxloop.server.limits import Limiter
+from voxloop.service.auth import KeyCheck, require_key
+from voxloop.service.errors import ApiError, install_error_handlers
+from voxloop.service.guard import GuardedRoute
+from voxloop.service.history_store import ConversationStore
+from voxloop.service.keys import KeyLimits, KeyStore
+from voxloop.service.limits import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         subprotocol: str | None = None,
         http_refusals: bool = False,
     ) -> None:
-        """Origin, key, limits, revocation and drain for ``handler``: see server/guard.py."""
+        """Origin, key, limits, revocation and drain for ``handler``: see service/guard.py."""
         route = GuardedRoute(path, handler, error_shape, subprotocol, http_refusals)
         app.router.add_websocket_route(path, route)
 

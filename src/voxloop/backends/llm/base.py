@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ class ChatMessage:
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
     images: list[str] = field(default_factory=list)  # data URLs, for models that accept images
+    # The history's handle on the message (truncate, delete); never sent to a model.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16], compare=False)
 
 
 @dataclass

@@ -26,9 +26,16 @@ from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
-from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_message, run_session
-from voxloop.protocols.lokutor.common import RateSniffer, check_sample_rate
-from voxloop.server.guard import lease_of
+from voxloop.protocols.common import (
+    admit_audio,
+    check_sample_rate,
+    keep_history,
+    new_session,
+    parse_message,
+    run_session,
+)
+from voxloop.protocols.lokutor.common import RateSniffer
+from voxloop.service.guard import lease_of
 
 log = logging.getLogger(__name__)
 

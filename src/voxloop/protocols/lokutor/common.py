@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from voxloop.protocols.common import parse_json
+from voxloop.protocols.common import check_sample_rate, parse_json
 
-SUPPORTED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 MAX_KEYTERMS = 100
 
 
@@ -27,12 +26,6 @@ def check_stt_language(code: object) -> str | None:
     if language is not None and language not in _LANGUAGE_CODES:
         raise ValueError(f"unsupported language {code!r} for speech-to-text")
     return language
-
-
-def check_sample_rate(rate: object) -> int:
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SUPPORTED_INPUT_RATES:
-        raise ValueError(f"unsupported sample_rate {rate!r}; use one of {list(SUPPORTED_INPUT_RATES)}")
-    return rate
 
 
 def check_keyterms(value: object) -> list[str] | None:

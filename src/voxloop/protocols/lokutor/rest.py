@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse
 
 from voxloop.audio.pcm import AudioFormatError, pcm16_to_float, read_wav, resample
 from voxloop.backends import workers
-from voxloop.protocols.common import parse_json
-from voxloop.protocols.lokutor.common import check_keyterms, check_sample_rate, check_stt_language
-from voxloop.server.auth import require_key
-from voxloop.server.errors import ApiError, read_body
-from voxloop.server.metrics import STT_LATENCY
+from voxloop.protocols.common import check_sample_rate, parse_json
+from voxloop.protocols.lokutor.common import check_keyterms, check_stt_language
+from voxloop.service.auth import require_key
+from voxloop.service.errors import ApiError, read_body
+from voxloop.service.metrics import STT_LATENCY
 
 router = APIRouter(dependencies=[Depends(require_key)])
 

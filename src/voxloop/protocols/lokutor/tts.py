@@ -20,9 +20,9 @@ from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import frames, speak
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.protocols.common import parse_json
-from voxloop.server.guard import lease_of
-from voxloop.server.limits import LimitExceeded
-from voxloop.server.metrics import TTS_FIRST_AUDIO
+from voxloop.service.guard import lease_of
+from voxloop.service.limits import LimitExceeded
+from voxloop.service.metrics import TTS_FIRST_AUDIO
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxloop.backends.llm.base import ChatMessage
+from voxloop.engine.playout import Span, heard_text
 from voxloop.protocols.realtime.wire import RealtimeError, new_id
 
 MAX_ITEM_TEXT = 20000
-
-
-@dataclass
-class Span:
-    """A stretch of reply audio (seconds) and the words spoken in it."""
-
-    start: float
-    end: float
-    text: str
 
 
 @dataclass
@@ -39,6 +31,7 @@ class Item:
     arguments: str = ""
     output: str = ""
     message: ChatMessage | None = None  # the engine's history entry, once linked
+    message_id: str = ""  # its id, as the engine's events give it (the entry may come later)
     spans: list[Span] = field(default_factory=list)  # assistant audio, for truncation
     audio_s: float = 0.0
     input_audio: bytes = b""  # user audio given in conversation.item.create (pcm16)
@@ -71,17 +64,8 @@ class Item:
         return {"type": "text" if beta else "output_text", "text": text}
 
     def heard_text(self, audio_end_s: float) -> str:
-        """Words spoken before ``audio_end_s``: whole pieces, plus the played share of the last one."""
-        spans = self.spans or [Span(0.0, self.audio_s, self.current_text)]
-        words: list[str] = []
-        for span in spans:
-            if audio_end_s >= span.end:
-                words.extend(span.text.split())
-            elif audio_end_s > span.start:
-                piece = span.text.split()
-                share = (audio_end_s - span.start) / max(span.end - span.start, 1e-6)
-                words.extend(piece[: int(len(piece) * share)])
-        return " ".join(words)
+        """Words spoken before ``audio_end_s`` (the engine's own reckoning of what was heard)."""
+        return heard_text(self.spans or [Span(0.0, self.audio_s, self.current_text)], audio_end_s)
 
 
 def parse_item(raw: object) -> Item:

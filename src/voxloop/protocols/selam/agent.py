@@ -23,11 +23,10 @@ from voxloop.audio.stream import StreamDecoder, stream_container
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
-from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
-from voxloop.protocols.lokutor.common import check_sample_rate
+from voxloop.protocols.common import admit_audio, check_sample_rate, keep_history, new_session, run_session
 from voxloop.protocols.selam.options import SelamError, StartOptions, barge_in_for, parse_start, turn_for
 from voxloop.protocols.selam.pacing import PlayOnArrival
-from voxloop.server.limits import Lease
+from voxloop.service.limits import Lease
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from starlette.requests import HTTPConnection
 
 from voxloop.protocols.selam.agent import SelamAgent
 from voxloop.protocols.selam.options import SelamError, voice_id
-from voxloop.server.guard import origin_allowed
-from voxloop.server.limits import Lease, LimitExceeded
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.service.guard import origin_allowed
+from voxloop.service.limits import Lease, LimitExceeded
+from voxloop.service.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 

@@ -40,15 +40,14 @@ from voxloop.audio.pcm import AudioFormatError
 from voxloop.backends.registry import Backends
 from voxloop.config import Settings
 from voxloop.engine import events
-from voxloop.engine.barge_in import BargeInRules
 from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
-from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
-from voxloop.server.guard import origin_allowed, run_leased
-from voxloop.server.keys import KeyInfo
-from voxloop.server.limits import Lease, LimitExceeded
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.protocols.soca.start import Start, parse_start, token_of
+from voxloop.service.guard import origin_allowed, run_leased
+from voxloop.service.keys import KeyInfo
+from voxloop.service.limits import Lease, LimitExceeded
+from voxloop.service.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,6 @@ class SocaVoice:
         self.seq = seq  # the newest seq given out
         self.floor = seq  # messages of a lower seq are stale: never sent
         self.barged = False  # a barge-in gave out a seq that the next reply takes
-        self.reply_seq: dict[int, int] = {}  # engine generation -> seq
         self.outbox = Outbox()
         self.taken_over = asyncio.Event()  # the same session_id connected again
         self.finished = asyncio.Event()  # history saved and lease closed: a takeover may go on
@@ -209,19 +207,22 @@ class SocaVoice:
                     await self.error(text)
 
     def seq_of(self, generation: int) -> int:
-        """The seq of a reply: the next one when it is new (or the one a barge-in announced)."""
-        if (seq := self.reply_seq.get(generation)) is not None:
-            return seq
-        if self.reply_seq and generation < max(self.reply_seq):
-            return self.floor - 1  # an older reply never seen before: stale
-        if not self.barged:
-            self.seq += 1
-        self.barged = False
-        self.reply_seq = {generation: self.seq}  # older replies are stale by now
-        return self.seq
+        """The seq of a reply (kept on its engine handle): the next one when it is new (or the one a
+        barge-in announced). A reply older than one that has a seq is stale."""
+        reply = self.session.handle(generation)
+        replies = self.session.replies.values()
+        if reply is None or any(other.tag is not None for other in replies if other.id > generation):
+            return self.floor - 1
+        if reply.tag is None:
+            if not self.barged:
+                self.seq += 1
+            self.barged = False
+            reply.tag = self.seq
+        return reply.tag
 
     async def barge(self, generation: int, reason: str) -> None:
-        if self.reply_seq.get(generation) != self.seq or self.barged:
+        reply = self.session.handle(generation)
+        if reply is None or reply.tag != self.seq or self.barged:
             return  # a reply already superseded
         self.seq += 1
         self.floor = self.seq
@@ -255,18 +256,6 @@ class SocaVoice:
                     continue  # a barge-in came while it was encoded
                 message["audio"] = base64.b64encode(mp3).decode()
             await self.websocket.send_text(json.dumps(message))
-
-
-def barge_rules(gate: BargeGate) -> BargeInRules:
-    return BargeInRules(
-        enabled=gate.enabled,
-        min_words=gate.min_partial_words,
-        min_chars=gate.min_partial_chars,
-        min_confidence=gate.min_confidence,
-        window_s=gate.speech_start_window,
-        cooldown_s=gate.barge_cooldown,
-        filler_words=gate.filler_words,
-    )
 
 
 async def refuse(websocket: WebSocket, message: str, kind: str = "invalid", code: int = 1008) -> None:
@@ -320,7 +309,7 @@ def session_changes(start: Start) -> dict[str, Any]:
         frame_ms=None,  # one AudioOut per sentence: one MP3 each
         partials=start.partials,
         language=start.lang,
-        barge_in=barge_rules(start.barge),
+        barge_in=start.barge,
     )
     if start.prompt is not None:
         changes["prompt"] = start.prompt
@@ -364,7 +353,7 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
             return
         saved = sessions.store.take(start.session_id, owner)
         if saved is not None:
-            session.history.extend(saved.messages)  # stored already: the history listener comes after
+            session.history.insert(saved.messages)  # stored already: the history listener comes after
         voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
         keep_history(session, state, lease, voice.error, session_id=start.session_id)
         sessions.live[start.session_id] = voice

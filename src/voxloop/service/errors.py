@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from voxloop.server.metrics import ERRORS
+from voxloop.service.metrics import ERRORS
 
 
 class ApiError(Exception):

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS turns (
     key_id TEXT,
     role TEXT NOT NULL,
     text TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    message_id TEXT  -- the engine's message id: truncate and delete follow the conversation
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_id, id);
 """
@@ -46,6 +47,7 @@ class Turn:
     role: str
     text: str
     at: float  # Unix time
+    message_id: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {"role": self.role, "text": self.text, "at": self.at}
@@ -65,27 +67,40 @@ class ConversationStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        if "message_id" not in {row[1] for row in db.execute("PRAGMA table_info(turns)")}:
+            db.execute("ALTER TABLE turns ADD COLUMN message_id TEXT")  # a store from before ids
         return db
 
     # ---- writing ------------------------------------------------------------------------
 
     def submit(self, session_id: str, turns: Iterable[Turn], key_id: str | None = None) -> Future[None]:
         """Queues one commit of ``turns``; the future fails with HistoryError."""
-        rows = [(session_id, key_id, t.role, t.text[:MAX_TEXT], t.at) for t in turns]
+        rows = [(session_id, key_id, t.role, t.text[:MAX_TEXT], t.at, t.message_id) for t in turns]
+        sql = "INSERT INTO turns (session_id, key_id, role, text, at, message_id) VALUES (?, ?, ?, ?, ?, ?)"
+        return self._queue(sql, rows)
+
+    def edit(self, session_id: str, message_id: str, text: str | None) -> Future[None]:
+        """Queues a change to a stored message: its new ``text``, or (None) its removal."""
+        if text is None:
+            return self._queue(
+                "DELETE FROM turns WHERE session_id = ? AND message_id = ?", [(session_id, message_id)]
+            )
+        sql = "UPDATE turns SET text = ? WHERE session_id = ? AND message_id = ?"
+        return self._queue(sql, [(text[:MAX_TEXT], session_id, message_id)])
+
+    def _queue(self, sql: str, rows: list[tuple]) -> Future[None]:
         with self._lock:
             if self._pending >= MAX_PENDING:
                 refused: Future[None] = Future()
                 refused.set_exception(HistoryError("history store is behind: turn not saved"))
                 return refused
             self._pending += 1
-        return self._writer.submit(self._write, rows)
+        return self._writer.submit(self._write, sql, rows)
 
-    def _write(self, rows: list[tuple]) -> None:
+    def _write(self, sql: str, rows: list[tuple]) -> None:
         try:
             with self._db:  # one transaction: committed (and synced) or rolled back
-                self._db.executemany(
-                    "INSERT INTO turns (session_id, key_id, role, text, at) VALUES (?, ?, ?, ?, ?)", rows
-                )
+                self._db.executemany(sql, rows)
         except sqlite3.Error as exc:
             log.error("history write failed: %s", exc)
             raise HistoryError(f"conversation history not saved: {exc}") from exc
@@ -102,23 +117,11 @@ class ConversationStore:
 
     def listener(
         self, session_id: str, key_id: str | None, on_error: Callable[[str], object]
-    ) -> Callable[[list[ChatMessage]], None]:
-        """A callable for the engine History's ``listeners``: it stores each committed list of
-        messages (user and assistant text; tool traffic is left out) and calls ``on_error`` with
-        a message, on the event loop, when the write fails."""
-        loop = asyncio.get_running_loop()
-
-        def done(future: Future[None]) -> None:
-            if (exc := future.exception()) is not None:
-                loop.call_soon_threadsafe(on_error, str(exc))
-
-        def listen(messages: list[ChatMessage]) -> None:
-            now = time.time()
-            turns = [Turn(m.role, m.content, now) for m in messages if _spoken(m)]
-            if turns:
-                self.submit(session_id, turns, key_id).add_done_callback(done)
-
-        return listen
+    ) -> StoreListener:
+        """A listener for the engine History: it stores each committed turn (user and assistant
+        text; tool traffic is left out), follows truncations and deletions, and calls ``on_error``
+        with a message, on the event loop, when a write fails."""
+        return StoreListener(self, session_id, key_id, on_error, asyncio.get_running_loop())
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -139,6 +142,34 @@ class ConversationStore:
     def close(self) -> None:
         self._writer.submit(self._db.close)
         self._writer.shutdown(wait=True)
+
+
+@dataclass
+class StoreListener:
+    store: ConversationStore
+    session_id: str
+    key_id: str | None
+    on_error: Callable[[str], object]
+    loop: asyncio.AbstractEventLoop
+
+    def inserted(self, messages: list[ChatMessage]) -> None:
+        now = time.time()
+        turns = [Turn(m.role, m.content, now, m.id) for m in messages if _spoken(m)]
+        if turns:
+            self._report(self.store.submit(self.session_id, turns, self.key_id))
+
+    def truncated(self, message: ChatMessage) -> None:
+        self._report(self.store.edit(self.session_id, message.id, message.content))
+
+    def deleted(self, message: ChatMessage) -> None:
+        self._report(self.store.edit(self.session_id, message.id, None))
+
+    def _report(self, future: Future[None]) -> None:
+        def done(finished: Future[None]) -> None:
+            if (exc := finished.exception()) is not None:
+                self.loop.call_soon_threadsafe(self.on_error, str(exc))
+
+        future.add_done_callback(done)
 
 
 def _spoken(message: ChatMessage) -> bool:

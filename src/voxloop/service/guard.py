@@ -24,9 +24,9 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
-from voxloop.server.auth import KeyCheck
-from voxloop.server.limits import Lease, LimitExceeded
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.service.auth import KeyCheck
+from voxloop.service.limits import Lease, LimitExceeded
+from voxloop.service.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 

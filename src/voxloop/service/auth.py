@@ -15,10 +15,10 @@ from collections import OrderedDict
 
 from starlette.requests import HTTPConnection, Request
 
-from voxloop.server.errors import ApiError
-from voxloop.server.keys import KeyInfo, KeyLimits, KeyStore, digest
-from voxloop.server.limits import LimitExceeded
-from voxloop.server.metrics import ERRORS
+from voxloop.service.errors import ApiError
+from voxloop.service.keys import KeyInfo, KeyLimits, KeyStore, digest
+from voxloop.service.limits import LimitExceeded
+from voxloop.service.metrics import ERRORS
 
 log = logging.getLogger(__name__)
 

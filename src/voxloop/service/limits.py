@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from voxloop.server.keys import KeyInfo, KeyStore
+from voxloop.service.keys import KeyInfo, KeyStore
 
 log = logging.getLogger(__name__)
 
