@@ -104,12 +104,13 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
 
     @app.get("/v1/sessions/{session_id}", dependencies=[Depends(require_key)])
     async def session_history(session_id: str, request: Request) -> JSONResponse:
-        found = await asyncio.to_thread(history.turns, session_id) if history else None
         who = request.state.key
-        # A stored key sees its own sessions; configuration keys are the operator's and see all.
-        if found is None or (who.stored and found[0] != who.id):
-            raise ApiError(404, "not_found", f"no conversation history for session {session_id!r}")
-        return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in found[1]]})
+        # A stored key sees its own turns, row by row; configuration keys are the operator's: all.
+        owner = who.id if who.stored else None
+        turns = await asyncio.to_thread(history.turns, session_id, owner) if history else []
+        if not turns:
+            raise ApiError(404, "not_found", "no conversation history for this session")
+        return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in turns]})
 
     def websocket_route(
         path: str, handler: Handler, error_shape: Callable[[str], str], subprotocol: str | None = None

@@ -306,11 +306,12 @@ async def read_start(websocket: WebSocket, backends: Backends) -> tuple[Start, K
         return None
 
 
-async def history_owner(state: Any, session_id: str) -> str | None:
-    """The key whose turns the history store keeps under ``session_id`` (None: no turns)."""
+async def stored_by_others(state: Any, session_id: str, key_id: str) -> bool:
+    """Whether the history store keeps turns of another key under ``session_id``."""
     store = getattr(state, "history", None)
-    found = await asyncio.to_thread(store.turns, session_id) if store is not None else None
-    return found[0] if found else None
+    if store is None:
+        return False
+    return bool(await asyncio.to_thread(store.owners, session_id) - {key_id})
 
 
 def session_changes(start: Start) -> dict[str, Any]:
@@ -339,14 +340,26 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
     if opened is None:
         return
     start, key = opened
+    # The client chose the id: take it for this key before anything is awaited, so of two keys
+    # racing for one id only the first gets it; then check it was not another key's before.
+    claim = state.limits.claim(start.session_id, key.id)
+    if claim is None:
+        await refuse(websocket, "session_id is in use by another key")
+        return
+    with claim:
+        await serve_claimed(websocket, backends, start, key)
+
+
+async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, key: KeyInfo) -> None:
+    state = websocket.app.state
     sessions = SocaSessions.of(websocket, backends.settings)
     owner = owner_of(start.token)
-    previous = sessions.live.get(start.session_id)
-    if (previous.owner if previous else sessions.store.owner(start.session_id)) not in (None, owner) or (
-        await history_owner(state, start.session_id) not in (None, key.id)  # its turns are another key's
+    if sessions.store.owner(start.session_id) not in (None, owner) or await stored_by_others(
+        state, start.session_id, key.id
     ):
         await refuse(websocket, "session_id is in use by another key")
         return
+    previous = sessions.live.get(start.session_id)  # read after the await: the same key's, if any
     if previous is not None:
         previous.taken_over.set()  # the newest connection wins: the old one may be a dead network path
         with contextlib.suppress(TimeoutError):  # its lease is closed by then: it does not count twice
