@@ -25,7 +25,7 @@ from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.selam.server import mount_selam
-from voxloop.protocols.soca.voice import soca_endpoint
+from voxloop.protocols.soca.voice import SocaRoute
 from voxloop.protocols.voice_agent import agent as voice_agent
 from voxloop.server.auth import KeyCheck, require_key
 from voxloop.server.errors import ApiError, install_error_handlers
@@ -96,9 +96,12 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok", "version": __version__})
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if not settings.metrics_port:  # else the CLI serves them on their own address
+        metrics_guard = [Depends(require_key)] if settings.metrics_require_key else []
+
+        @app.get("/metrics", dependencies=metrics_guard)
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(lokutor_rest.router)
 
@@ -129,7 +132,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
     websocket_route("/v1/voice-agent", voice_agent.serve_voice_agent, voice_agent.error_shape)
     websocket_route("/v1/video-agent", voice_agent.serve_video_agent, voice_agent.error_shape)
     for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
-        app.add_api_websocket_route(path, soca_endpoint)
+        app.router.add_websocket_route(path, SocaRoute(path))
     mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app

@@ -14,7 +14,6 @@ Protocols that authenticate in their first message use the same parts by hand:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,10 +49,52 @@ def origin_allowed(connection: HTTPConnection, allowed: list[str]) -> bool:
     return host is not None and origin.rstrip("/").split("://", 1)[-1] == host
 
 
+class Connection:
+    """A client's socket as its session sees it, tied to the session's lease: the first sign that
+    the client is gone (a disconnect message, from a close, a TCP reset or a missed ping; or a
+    send that fails) ends the lease, so its key's slot returns whatever the handler is doing."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive, self._send = receive, send
+        self.lease: Lease | None = None
+        self.gone = False
+
+    def hold(self, lease: Lease) -> None:
+        self.lease = lease
+        if self.gone:
+            self.lost()
+
+    def lost(self) -> None:
+        self.gone = True
+        if self.lease is not None:
+            self.lease.end("client disconnected", 1000)
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self.lost()
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        try:
+            await self._send(message)
+        except Exception:
+            self.lost()
+            raise
+
+
+def hold_connection(websocket: WebSocket, lease: Lease) -> None:
+    """Ties ``lease`` to the socket's :class:`Connection` (routes that open the lease late: Soca)."""
+    connection: Connection | None = getattr(websocket.state, "connection", None)
+    if connection is not None:
+        connection.hold(lease)
+
+
 async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Lease], Awaitable[None]]) -> None:
     """Runs ``work`` (the session) until it finishes or the lease ends; in the latter case
     ``on_end(lease)`` tells the client ``lease.end_reason`` and closes, the session gets a moment
-    to finish, then it is cancelled. The lease is closed either way."""
+    to finish, then it is cancelled. The lease is closed on every path, even when the cancelled
+    session does not finish in time (it is left to finish in the background)."""
     task = asyncio.ensure_future(work)
     ended = asyncio.create_task(lease.ended.wait())
     try:
@@ -67,11 +108,17 @@ async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Leas
     finally:
         for pending in (task, ended):
             pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pending
+        await asyncio.wait({task, ended}, timeout=GRACE_S)
         lease.close()
-    if not task.cancelled() and task.exception() is not None:
+        if not task.done():
+            log.warning("a session did not stop within %g s of being cancelled", GRACE_S)
+            LINGERING.add(task)
+            task.add_done_callback(LINGERING.discard)
+    if task.done() and not task.cancelled() and task.exception() is not None:
         log.error("session failed", exc_info=task.exception())
+
+
+LINGERING: set[asyncio.Future[None]] = set()  # cancelled sessions still finishing: held, not collected
 
 
 class GuardedRoute:
@@ -104,6 +151,8 @@ class GuardedRoute:
                     if lease.report_due():
                         await send({"type": "websocket.send", "text": self.error_shape(exc.message)})
 
+        connection = Connection(receive, send)
+        receive, send = connection.receive, connection.send
         websocket = WebSocket(scope, metered, send)
         if not origin_allowed(websocket, state.cors_origins):
             await self.refuse(websocket, "forbidden: origin not allowed", "forbidden", 1008)
@@ -119,6 +168,7 @@ class GuardedRoute:
             await self.refuse(websocket, exc.message, "rate_limited", 1013 if exc.status == 429 else 1001)
             return
         websocket.state.lease = lease
+        connection.hold(lease)
         await websocket.accept(
             self.chosen_subprotocol(websocket), headers=[(b"x-voxloop-session", lease.session_id.encode())]
         )

@@ -71,7 +71,8 @@ class ConversationStore:
 
     def submit(self, session_id: str, turns: Iterable[Turn], key_id: str | None = None) -> Future[None]:
         """Queues one commit of ``turns``; the future fails with HistoryError."""
-        rows = [(session_id, key_id, t.role, t.text[:MAX_TEXT], t.at) for t in turns]
+        # A lone surrogate cannot be stored (UTF-8): it is replaced, the turn kept.
+        rows = [(session_id, key_id, t.role, _storable(t.text[:MAX_TEXT]), t.at) for t in turns]
         with self._lock:
             if self._pending >= MAX_PENDING:
                 refused: Future[None] = Future()
@@ -152,3 +153,7 @@ class ConversationStore:
 
 def _spoken(message: ChatMessage) -> bool:
     return message.role in ("user", "assistant") and bool(message.content.strip())
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -202,12 +202,13 @@ class Limiter:
         else:
             del self.live_ids[session_id]
 
-    def request(self, key: KeyInfo, audio_s: float = 0.0) -> None:
-        """One HTTP request of ``key`` (counts as a message, plus its audio); raises LimitExceeded."""
-        usage = self._usage(key)
-        usage.message()
-        if audio_s:
-            usage.spend_audio(audio_s)
+    def request(self, key: KeyInfo) -> None:
+        """One HTTP request of ``key`` (counts as a message); raises LimitExceeded."""
+        self._usage(key).message()
+
+    def spend_audio(self, key: KeyInfo, seconds: float) -> None:
+        """Audio of ``key`` outside a session (an HTTP clip); raises LimitExceeded over its budget."""
+        self._usage(key).spend_audio(seconds)
 
     def leases(self) -> list[Lease]:
         return [lease for usage in self.usage.values() for lease in usage.leases]

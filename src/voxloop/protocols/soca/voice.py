@@ -33,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voxloop.audio.codec import encode_mp3
@@ -45,7 +46,7 @@ from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
 from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
-from voxloop.server.guard import origin_allowed, run_leased
+from voxloop.server.guard import Connection, hold_connection, origin_allowed, run_leased
 from voxloop.server.keys import KeyInfo
 from voxloop.server.limits import Lease, LimitExceeded
 from voxloop.server.metrics import ERRORS, SESSIONS
@@ -165,7 +166,7 @@ class SocaVoice:
             self.lease.message()
             return True
         except LimitExceeded as exc:
-            ERRORS.labels(self.websocket.url.path, "rate_limited").inc()
+            ERRORS.labels(self.websocket.scope["path"], "rate_limited").inc()
             if self.lease.report_due():
                 await self.error(exc.message)
             return False
@@ -270,7 +271,7 @@ def barge_rules(gate: BargeGate) -> BargeInRules:
 
 
 async def refuse(websocket: WebSocket, message: str, kind: str = "invalid", code: int = 1008) -> None:
-    ERRORS.labels(websocket.url.path, kind).inc()
+    ERRORS.labels(websocket.scope["path"], kind).inc()
     with contextlib.suppress(Exception):
         await websocket.send_text(json.dumps({"type": "error", "message": message}))
         await websocket.close(code=code)
@@ -370,6 +371,7 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
         await refuse(websocket, exc.message, "rate_limited", 1013 if exc.status == 429 else 1001)
         return
     with lease:  # closed on every path
+        hold_connection(websocket, lease)
         try:
             session = new_session(backends, **session_changes(start))
         except ValueError as exc:
@@ -414,10 +416,18 @@ async def converse(voice: SocaVoice, resumed: bool) -> None:
             await websocket.close(code=1000)
 
 
-async def soca_endpoint(websocket: WebSocket) -> None:
-    """The route: no key check up front, since the start message carries the token."""
-    SESSIONS.labels(websocket.url.path).inc()
-    try:
-        await serve_soca(websocket, websocket.app.state.backends)
-    finally:
-        SESSIONS.labels(websocket.url.path).dec()
+class SocaRoute:
+    """The route (an ASGI app): no key check up front, since the start message carries the token."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connection = Connection(receive, send)  # the lease, once opened, ends with the socket
+        websocket = WebSocket(scope, connection.receive, connection.send)
+        websocket.state.connection = connection
+        SESSIONS.labels(self.path).inc()
+        try:
+            await serve_soca(websocket, scope["app"].state.backends)
+        finally:
+            SESSIONS.labels(self.path).dec()
