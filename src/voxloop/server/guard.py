@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 ErrorShape = Callable[[str], str]
 Handler = Callable[[WebSocket, Any], Awaitable[None]]
 GRACE_S = 1.0  # after the close frame, time the handler gets to finish on its own
+GONE_GRACE_S = 5.0  # after the client vanished (its slot is free already), before cancelling
+CLIENT_GONE = "client disconnected"
 
 
 def lease_of(websocket: WebSocket) -> Lease | None:
@@ -67,7 +69,8 @@ class Connection:
     def lost(self) -> None:
         self.gone = True
         if self.lease is not None:
-            self.lease.end("client disconnected", 1000)
+            self.lease.end(CLIENT_GONE, 1000)
+            self.lease.close()  # the slot is free now; the session finishes in the background
 
     async def receive(self) -> dict[str, Any]:
         message = await self._receive()
@@ -99,7 +102,9 @@ async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Leas
     ended = asyncio.create_task(lease.ended.wait())
     try:
         await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
+        if not task.done() and lease.end_reason == CLIENT_GONE:
+            await asyncio.wait({task}, timeout=GONE_GRACE_S)  # it is closing up on its own
+        elif not task.done():
             try:
                 await asyncio.wait_for(on_end(lease), GRACE_S * 2)
             except Exception as exc:  # the client may be gone already
