@@ -36,6 +36,12 @@ SELAM = "/v1/audio/agent"
 SLOTS_WITHIN_S = 35.0
 CHECK_TIMEOUT_S = 30.0
 MAX_SESSIONS = 2
+ASYNCIO_COMPLAINTS = (
+    "Task was destroyed",
+    "cannot reuse already awaited",
+    "Exception in ASGI",
+    "never retrieved",
+)
 
 
 def hostile_json(rng: random.Random) -> Iterator[str | bytes]:
@@ -94,6 +100,7 @@ class Bench:
         self.tracebacks = 0
         self.rss_start = 0.0
         self.phases: list[dict] = []
+        self.log_seen = 0
 
     def settle(self) -> None:
         """The baseline: every kind of normal request served once, so lazy state exists already."""
@@ -101,6 +108,7 @@ class Bench:
             self.normal_request()
         self.rss_start = self.server.rss_mb()
         self.tracebacks = self.server.log().count("Traceback")
+        self.log_seen = len(self.server.log())
 
     def normal_request(self) -> bool:
         try:
@@ -145,12 +153,16 @@ class Bench:
         served = alive and self.normal_request()
         slots_s = self.slots_back_s(ended) if alive else None
         log = self.server.log()
+        new_log = log[self.log_seen :]
+        self.log_seen = len(log)
         result = {
             "phase": phase,
             "alive": alive,
             "healthz": healthy,
             "hangs": int(not served),
             "new_tracebacks": log.count("Traceback") - self.tracebacks,
+            "asyncio_complaints": sum(new_log.count(s) for s in ASYNCIO_COMPLAINTS),
+            "error_lines": sum(" ERROR " in line for line in new_log.splitlines()),
             "rss_mb": round(self.server.rss_mb(), 1),
             "rss_change_pct": round(100 * (self.server.rss_mb() / self.rss_start - 1), 1),
             "slots_back_s": None if slots_s is None else round(slots_s, 1),
@@ -363,6 +375,8 @@ def main() -> int:
         "hangs": sum(p["hangs"] for p in phases),
         "tracebacks": sum(p["new_tracebacks"] for p in phases),
         "tracebacks_in_whole_log": shutdown_tracebacks,
+        "asyncio_complaints": sum(p["asyncio_complaints"] for p in phases),
+        "error_lines": sum(p["error_lines"] for p in phases),
         "slots_not_back": [p["phase"] for p in phases if p["slots_back_s"] is None],
         "slowest_slots_back_s": max((p["slots_back_s"] or 0) for p in phases),
         "rss_start_mb": round(bench.rss_start, 1),

@@ -70,7 +70,7 @@ def tracebacks(server: RunningServer) -> int:
     return server.log().count("Traceback")
 
 
-async def flood(server: RunningServer, paths: list[str], concurrency: int = 32) -> list[int]:
+async def flood(server: RunningServer, paths: list[str], concurrency: int = 8) -> list[int]:
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=server.http, limits=limits, timeout=30) as client:
         queue = iter(paths)

@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voxloop.server.auth import KeyCheck
 from voxloop.server.limits import Lease, LimitExceeded
@@ -119,8 +119,11 @@ async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Leas
             log.warning("a session did not stop within %g s of being cancelled", GRACE_S)
             LINGERING.add(task)
             task.add_done_callback(LINGERING.discard)
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        log.error("session failed", exc_info=task.exception())
+    if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+        if lease.end_reason == CLIENT_GONE or isinstance(exc, WebSocketDisconnect):
+            log.debug("session ended by a send after the client left: %r", exc)  # not a fault
+        else:
+            log.error("session failed", exc_info=exc)
 
 
 LINGERING: set[asyncio.Future[None]] = set()  # cancelled sessions still finishing: held, not collected
