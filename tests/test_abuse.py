@@ -174,13 +174,13 @@ def test_tts_errors_do_not_echo_internals_and_odd_text_is_spoken(server: Running
 
 def test_a_lone_surrogate_does_not_poison_a_voice_agent_session(server: RunningServer) -> None:
     with connect(f"{server.ws}/v1/voice-agent?api_key=config-key", max_size=1 << 24) as ws:
-        ws.send('{"type": "transcript", "text": "Hello \\ud800 there. Say ok."}')
-        ws.send(json.dumps({"type": "transcript", "text": "Say yes."}))
-        completed = 0
-        while completed < 2:
-            message = json.loads(ws.recv(timeout=120))
-            assert message["type"] != "error", message
-            completed += message["type"] == "response_complete"
+        for turn in (
+            '{"type": "transcript", "text": "Hello \\ud800 there. Say ok."}',
+            '{"type": "transcript", "text": "Say yes."}',
+        ):
+            ws.send(turn)  # the second turn (and its history write) works after the first
+            while (message := json.loads(ws.recv(timeout=120)))["type"] != "response_complete":
+                assert message["type"] != "error", message
 
 
 def speech_like(seconds: float, rate: int = 16000) -> bytes:

@@ -58,17 +58,17 @@ def test_a_voice_agent_session_id_cannot_be_taken_or_read_by_another_key(
     try:
         sent = agent.send({"type": "client_ready"})
         session_id = agent.wait_type("session_init", sent, timeout=10).body["sessionId"]
-        asked = agent.ask(SECRET)
-        agent.wait_type("response_complete", asked, timeout=120)
-        # While alice's session is live, bob's Soca start with its id is refused...
+        # Live on another protocol, with nothing stored yet: bob's Soca start with its id is refused.
         refused = soca_first_reply(server, soca_start(bob, session_id))
         assert refused == {"type": "error", "message": "session_id is in use by another key"}
+        asked = agent.ask(SECRET)
+        agent.wait_type("response_complete", asked, timeout=120)
         assert history(server, session_id, bob, 0).status_code == 404
     finally:
         agent.close()
     found = history(server, session_id, alice)
     assert found.status_code == 200 and "4242" in found.json()["turns"][0]["text"]
-    # ... and once it has ended, its stored turns still make the id alice's.
+    # Once it has ended, its stored turns still make the id alice's.
     refused = soca_first_reply(server, soca_start(bob, session_id))
     assert refused == {"type": "error", "message": "session_id is in use by another key"}
     assert history(server, session_id, bob, 0).status_code == 404
