@@ -111,9 +111,10 @@ class Bench:
         self.log_seen = len(self.server.log())
 
     def normal_request(self) -> bool:
+        """A client of another key is served (the limited key may be full with half-open peers)."""
         try:
-            voices = self.http.get("/voices", headers={"X-API-Key": self.key})
-            with connect(f"{self.server.ws}/ws/tts?api_key={self.key}", open_timeout=CHECK_TIMEOUT_S) as ws:
+            voices = self.http.get("/voices", headers={"X-API-Key": "config-key"})
+            with connect(f"{self.server.ws}/ws/tts?api_key=config-key", open_timeout=CHECK_TIMEOUT_S) as ws:
                 ws.send(json.dumps({"text": "All good.", "voice": "F1"}))
                 while ws.recv(timeout=CHECK_TIMEOUT_S) != "EOS":
                     pass
@@ -306,18 +307,26 @@ def slow_readers(bench: Bench, readers: int = 4) -> None:
         peer.abort()
 
 
+def series(text: str) -> int:
+    return len({line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")})
+
+
 def path_flood(bench: Bench, count: int) -> None:
-    before = len(bench.metrics().encode())
+    before_text = bench.metrics()
+    before = len(before_text.encode())
     with httpx.Client(base_url=bench.server.http, timeout=30) as client:
         for n in range(count):
             client.get(f"/v1/sessions/{uuid.uuid4().hex}" if n % 2 else f"/x/{uuid.uuid4().hex}")
-    after = len(bench.metrics().encode())
+    after_text = bench.metrics()
+    after = len(after_text.encode())
     bench.check(
         "unique-path flood",
         time.monotonic(),
         paths=count,
         metrics_bytes_before=before,
         metrics_bytes_after=after,
+        metrics_series_before=series(before_text),
+        metrics_series_after=series(after_text),
     )
 
 
