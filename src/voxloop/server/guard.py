@@ -68,7 +68,9 @@ class Connection:
 
     def lost(self) -> None:
         self.gone = True
-        if self.lease is not None:
+        # A lease the server ended already (drain, revocation) closes once its session is done:
+        # a drain waits for that, so no model work outlives the server.
+        if self.lease is not None and not self.lease.ended.is_set():
             self.lease.end(CLIENT_GONE, 1000)
             self.lease.close()  # the slot is free now; the session finishes in the background
 
@@ -96,8 +98,8 @@ def hold_connection(websocket: WebSocket, lease: Lease) -> None:
 async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Lease], Awaitable[None]]) -> None:
     """Runs ``work`` (the session) until it finishes or the lease ends; in the latter case
     ``on_end(lease)`` tells the client ``lease.end_reason`` and closes, the session gets a moment
-    to finish, then it is cancelled. The lease is closed on every path, even when the cancelled
-    session does not finish in time (it is left to finish in the background)."""
+    to finish, then it is cancelled. The lease is closed on every path, before waiting for a
+    cancelled session that is slow to stop."""
     task = asyncio.ensure_future(work)
     ended = asyncio.create_task(lease.ended.wait())
     try:
@@ -114,19 +116,15 @@ async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Leas
         for pending in (task, ended):
             pending.cancel()
         await asyncio.wait({task, ended}, timeout=GRACE_S)
-        lease.close()
+        lease.close()  # the slot is back even if the cancelled session is slow to stop
         if not task.done():
             log.warning("a session did not stop within %g s of being cancelled", GRACE_S)
-            LINGERING.add(task)
-            task.add_done_callback(LINGERING.discard)
+            await asyncio.wait({task})  # its cleanup (models released) finishes before we return
     if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
         if lease.end_reason == CLIENT_GONE or isinstance(exc, WebSocketDisconnect):
             log.debug("session ended by a send after the client left: %r", exc)  # not a fault
         else:
             log.error("session failed", exc_info=exc)
-
-
-LINGERING: set[asyncio.Future[None]] = set()  # cancelled sessions still finishing: held, not collected
 
 
 class GuardedRoute:

@@ -93,8 +93,9 @@ async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
             except LimitExceeded as exc:
                 await websocket.send_text(f"ERR: {exc.message}")
             except Exception as exc:  # a model failure must not take the connection down
-                if websocket.client_state != WebSocketState.CONNECTED:
-                    return  # the client left mid-stream (Starlette raises RuntimeError on send)
+                states = {websocket.client_state, websocket.application_state}
+                if states != {WebSocketState.CONNECTED}:
+                    return  # the client left, or the server closed (drain), mid-stream
                 FAILED.warning("synthesis failed: %s: %s", type(exc).__name__, exc)
                 await websocket.send_text("ERR: synthesis failed")  # internal details stay in the log
     except WebSocketDisconnect:
