@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -65,13 +66,36 @@ async def run_session(session: Session, *coroutines: Coroutine[Any, Any, None]) 
 
 
 def parse_json(raw: str) -> Any:
-    """JSON from a client, or ValueError with a message fit to send back (hostile nesting too)."""
+    """JSON from a client, or ValueError with a message fit to send back (hostile nesting too).
+    Lone surrogates (``"\\ud800"``) become U+FFFD: they cannot be encoded, so one would fail every
+    later LLM call, TTS and history write of the session."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
+        return without_surrogates(value) if "\\u" in raw else value  # only an escape makes one
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg})") from exc
     except RecursionError as exc:
         raise ValueError("not valid JSON (nested too deeply)") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ValueError("not valid JSON (a number too long)") from exc
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with any lone surrogate replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(key): without_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def parse_message(raw: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.selam.server import mount_selam
-from voxloop.protocols.soca.voice import soca_endpoint
+from voxloop.protocols.soca.voice import SocaRoute
 from voxloop.protocols.voice_agent import agent as voice_agent
 from voxloop.service.auth import KeyCheck, require_key
 from voxloop.service.errors import ApiError, install_error_handlers
@@ -96,20 +96,24 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok", "version": __version__})
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if not settings.metrics_port:  # else the CLI serves them on their own address
+        metrics_guard = [Depends(require_key)] if settings.metrics_require_key else []
+
+        @app.get("/metrics", dependencies=metrics_guard)
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(lokutor_rest.router)
 
     @app.get("/v1/sessions/{session_id}", dependencies=[Depends(require_key)])
     async def session_history(session_id: str, request: Request) -> JSONResponse:
-        found = await asyncio.to_thread(history.turns, session_id) if history else None
         who = request.state.key
-        # A stored key sees its own sessions; configuration keys are the operator's and see all.
-        if found is None or (who.stored and found[0] != who.id):
-            raise ApiError(404, "not_found", f"no conversation history for session {session_id!r}")
-        return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in found[1]]})
+        # A stored key sees its own turns, row by row; configuration keys are the operator's: all.
+        owner = who.id if who.stored else None
+        turns = await asyncio.to_thread(history.turns, session_id, owner) if history else []
+        if not turns:
+            raise ApiError(404, "not_found", "no conversation history for this session")
+        return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in turns]})
 
     def websocket_route(
         path: str,
@@ -134,7 +138,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
     websocket_route("/v1/voice-agent", voice_agent.serve_voice_agent, voice_agent.error_shape)
     websocket_route("/v1/video-agent", voice_agent.serve_video_agent, voice_agent.error_shape)
     for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
-        app.add_api_websocket_route(path, soca_endpoint)
+        app.router.add_websocket_route(path, SocaRoute(path))
     mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app

@@ -14,7 +14,6 @@ Protocols that authenticate in their first message use the same parts by hand:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voxloop.service.auth import KeyCheck
 from voxloop.service.limits import Lease, LimitExceeded
@@ -34,6 +33,8 @@ ErrorShape = Callable[[str], str]
 Handler = Callable[[WebSocket, Any], Awaitable[None]]
 GRACE_S = 1.0  # after the close frame, time the handler gets to finish on its own
 REFUSALS = {401: "unauthorized", 403: "forbidden", 429: "rate_limited", 503: "unavailable"}  # HTTP
+GONE_GRACE_S = 5.0  # after the client vanished (its slot is free already), before cancelling
+CLIENT_GONE = "client disconnected"
 
 
 def lease_of(websocket: WebSocket) -> Lease | None:
@@ -52,15 +53,62 @@ def origin_allowed(connection: HTTPConnection, allowed: list[str]) -> bool:
     return host is not None and origin.rstrip("/").split("://", 1)[-1] == host
 
 
+class Connection:
+    """A client's socket as its session sees it, tied to the session's lease: the first sign that
+    the client is gone (a disconnect message, from a close, a TCP reset or a missed ping; or a
+    send that fails) ends the lease, so its key's slot returns whatever the handler is doing."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive, self._send = receive, send
+        self.lease: Lease | None = None
+        self.gone = False
+
+    def hold(self, lease: Lease) -> None:
+        self.lease = lease
+        if self.gone:
+            self.lost()
+
+    def lost(self) -> None:
+        self.gone = True
+        # A lease the server ended already (drain, revocation) closes once its session is done:
+        # a drain waits for that, so no model work outlives the server.
+        if self.lease is not None and not self.lease.ended.is_set():
+            self.lease.end(CLIENT_GONE, 1000)
+            self.lease.close()  # the slot is free now; the session finishes in the background
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self.lost()
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        try:
+            await self._send(message)
+        except Exception:
+            self.lost()
+            raise
+
+
+def hold_connection(websocket: WebSocket, lease: Lease) -> None:
+    """Ties ``lease`` to the socket's :class:`Connection` (routes that open the lease late: Soca)."""
+    connection: Connection | None = getattr(websocket.state, "connection", None)
+    if connection is not None:
+        connection.hold(lease)
+
+
 async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Lease], Awaitable[None]]) -> None:
     """Runs ``work`` (the session) until it finishes or the lease ends; in the latter case
     ``on_end(lease)`` tells the client ``lease.end_reason`` and closes, the session gets a moment
-    to finish, then it is cancelled. The lease is closed either way."""
+    to finish, then it is cancelled. The lease is closed on every path, before waiting for a
+    cancelled session that is slow to stop."""
     task = asyncio.ensure_future(work)
     ended = asyncio.create_task(lease.ended.wait())
     try:
         await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
+        if not task.done() and lease.end_reason == CLIENT_GONE:
+            await asyncio.wait({task}, timeout=GONE_GRACE_S)  # it is closing up on its own
+        elif not task.done():
             try:
                 await asyncio.wait_for(on_end(lease), GRACE_S * 2)
             except Exception as exc:  # the client may be gone already
@@ -69,11 +117,16 @@ async def run_leased(lease: Lease, work: Awaitable[None], on_end: Callable[[Leas
     finally:
         for pending in (task, ended):
             pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pending
-        lease.close()
-    if not task.cancelled() and task.exception() is not None:
-        log.error("session failed", exc_info=task.exception())
+        await asyncio.wait({task, ended}, timeout=GRACE_S)
+        lease.close()  # the slot is back even if the cancelled session is slow to stop
+        if not task.done():
+            log.warning("a session did not stop within %g s of being cancelled", GRACE_S)
+            await asyncio.wait({task})  # its cleanup (models released) finishes before we return
+    if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+        if lease.end_reason == CLIENT_GONE or isinstance(exc, WebSocketDisconnect):
+            log.debug("session ended by a send after the client left: %r", exc)  # not a fault
+        else:
+            log.error("session failed", exc_info=exc)
 
 
 class GuardedRoute:
@@ -114,6 +167,8 @@ class GuardedRoute:
                     if lease.report_due():
                         await send({"type": "websocket.send", "text": self.error_shape(exc.message)})
 
+        connection = Connection(receive, send)
+        receive, send = connection.receive, connection.send
         websocket = WebSocket(scope, metered, send)
         if not origin_allowed(websocket, state.cors_origins):
             await self.refuse(websocket, "forbidden: origin not allowed", "forbidden", 1008, 403)
@@ -132,6 +187,7 @@ class GuardedRoute:
             await self.refuse(websocket, exc.message, "rate_limited", code, exc.status)
             return
         websocket.state.lease = lease
+        connection.hold(lease)
         await websocket.accept(
             self.chosen_subprotocol(websocket), headers=[(b"x-voxloop-session", lease.session_id.encode())]
         )

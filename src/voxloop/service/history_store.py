@@ -75,7 +75,8 @@ class ConversationStore:
 
     def submit(self, session_id: str, turns: Iterable[Turn], key_id: str | None = None) -> Future[None]:
         """Queues one commit of ``turns``; the future fails with HistoryError."""
-        rows = [(session_id, key_id, t.role, t.text[:MAX_TEXT], t.at, t.message_id) for t in turns]
+        # A lone surrogate cannot be stored (UTF-8): it is replaced, the turn kept.
+        rows = [(session_id, key_id, t.role, _storable(t.text[:MAX_TEXT]), t.at, t.message_id) for t in turns]
         sql = "INSERT INTO turns (session_id, key_id, role, text, at, message_id) VALUES (?, ?, ?, ?, ?, ?)"
         return self._queue(sql, rows)
 
@@ -86,7 +87,7 @@ class ConversationStore:
                 "DELETE FROM turns WHERE session_id = ? AND message_id = ?", [(session_id, message_id)]
             )
         sql = "UPDATE turns SET text = ? WHERE session_id = ? AND message_id = ?"
-        return self._queue(sql, [(text[:MAX_TEXT], session_id, message_id)])
+        return self._queue(sql, [(_storable(text[:MAX_TEXT]), session_id, message_id)])
 
     def _queue(self, sql: str, rows: list[tuple]) -> Future[None]:
         with self._lock:
@@ -125,19 +126,28 @@ class ConversationStore:
 
     # ---- reading ------------------------------------------------------------------------
 
-    def turns(self, session_id: str) -> tuple[str | None, list[Turn]] | None:
-        """(key id, turns) of a session, or None if none were stored. Runs on the caller's thread
-        with its own connection (WAL readers do not wait for the writer)."""
+    def turns(self, session_id: str, key_id: str | None) -> list[Turn]:
+        """The turns ``key_id`` stored under ``session_id`` (every key's when None: the operator).
+        Each row is checked, not just the first: a session id names a conversation per key, so
+        one key never reads another's turns. Runs on the caller's thread with its own connection
+        (WAL readers do not wait for the writer)."""
+        query = "SELECT role, text, at FROM turns WHERE session_id = ?"
+        params: tuple[str, ...] = (session_id,)
+        if key_id is not None:
+            query, params = query + " AND key_id = ?", (session_id, key_id)
+        return [Turn(role, text, at) for role, text, at in self._read(query + " ORDER BY id", params)]
+
+    def owners(self, session_id: str) -> set[str | None]:
+        """The keys that stored turns under ``session_id``."""
+        rows = self._read("SELECT DISTINCT key_id FROM turns WHERE session_id = ?", (session_id,))
+        return {key_id for (key_id,) in rows}
+
+    def _read(self, query: str, params: tuple[str, ...]) -> list[tuple]:
         db = sqlite3.connect(self.path, timeout=5)
         try:
-            rows = db.execute(
-                "SELECT key_id, role, text, at FROM turns WHERE session_id = ? ORDER BY id", (session_id,)
-            ).fetchall()
+            return db.execute(query, params).fetchall()
         finally:
             db.close()
-        if not rows:
-            return None
-        return rows[0][0], [Turn(role, text, at) for _, role, text, at in rows]
 
     def close(self) -> None:
         self._writer.submit(self._db.close)
@@ -174,3 +184,7 @@ class StoreListener:
 
 def _spoken(message: ChatMessage) -> bool:
     return message.role in ("user", "assistant") and bool(message.content.strip())
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -87,6 +87,23 @@ def normalize_language(code: str) -> str:
     return re.split(r"[-_]", code.strip().lower(), maxsplit=1)[0]
 
 
+LONG_NUMBER = re.compile(r"\d(?:[\d,]*\d)?")
+LONGEST_NUMBER_READ = 15  # digits; longer runs (card, account numbers) are read digit by digit
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def speakable(text: str) -> str:
+    """Text every engine can take: no lone surrogates (eSpeak encodes to UTF-8), and no number
+    past hibari's largest scale (more than 36 digits fails in its number reader)."""
+
+    def digits(match: re.Match[str]) -> str:
+        number = match.group()
+        count = sum(char.isdigit() for char in number)
+        return " ".join(c for c in number if c.isdigit()) if count > LONGEST_NUMBER_READ else number
+
+    return LONG_NUMBER.sub(digits, SURROGATE.sub(" ", text))
+
+
 class Speaker:
     """All voices behind one interface; engines load on first use (or in ``warmup``), once per process."""
 
@@ -218,6 +235,7 @@ class Speaker:
         return self._stream(text, entry, min(max(speed, USABLE_SPEED[0]), USABLE_SPEED[1]))
 
     def _stream(self, text: str, entry: _Entry, speed: float) -> Iterator[SpeechChunk]:
+        text = speakable(text)
         engine = self._engine(entry.engine)
         ratio = 2.0 ** (entry.semitones / 12.0)
         for piece in speech_pieces(text, engine.first_chunk_chars):

@@ -20,11 +20,13 @@ from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import frames, speak
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.protocols.common import parse_json
+from voxloop.service.errors import QuietLog
 from voxloop.service.guard import lease_of
 from voxloop.service.limits import LimitExceeded
 from voxloop.service.metrics import TTS_FIRST_AUDIO
 
 log = logging.getLogger(__name__)
+FAILED = QuietLog(log)  # a text that trips a model would otherwise log a traceback per request
 
 OUTPUT_RATE = 44100
 CLIENT_STALL_S = 10.0
@@ -94,10 +96,11 @@ async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
             except LimitExceeded as exc:
                 await websocket.send_text(f"ERR: {exc.message}")
             except Exception as exc:  # a model failure must not take the connection down
-                if websocket.client_state != WebSocketState.CONNECTED:
-                    return  # the client left mid-stream (Starlette raises RuntimeError on send)
-                log.exception("synthesis failed")
-                await websocket.send_text(f"ERR: synthesis failed: {exc}")
+                states = {websocket.client_state, websocket.application_state}
+                if states != {WebSocketState.CONNECTED}:
+                    return  # the client left, or the server closed (drain), mid-stream
+                FAILED.warning("synthesis failed: %s: %s", type(exc).__name__, exc)
+                await websocket.send_text("ERR: synthesis failed")  # internal details stay in the log
     except WebSocketDisconnect:
         return
 

@@ -25,7 +25,7 @@ from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
 from voxloop.protocols.common import admit_audio, parse_json
 from voxloop.protocols.realtime.config import RealtimeConfig, apply_update, is_beta_shape, render
-from voxloop.protocols.realtime.items import Item, parse_item
+from voxloop.protocols.realtime.items import Item, charge_audio, check_room, parse_item
 from voxloop.protocols.realtime.responses import (
     AUDIO_IN_TOKENS_S,
     CANCEL_REASONS,
@@ -37,7 +37,7 @@ from voxloop.service.limits import Lease
 
 log = logging.getLogger(__name__)
 
-MAX_BUFFER_S = 15 * 60  # manual-turn audio held for one commit
+MAX_BUFFER_S = 2 * 60  # manual-turn audio held for one commit (5.8 MB at 24 kHz)
 MAX_EVENT_CHARS = 16 << 20
 # OpenAI voice names have no voxloop voice: they get the server's default voice.
 OPENAI_VOICES = frozenset(
@@ -194,7 +194,7 @@ class RealtimeConnection:
             return
         if len(self.buffer) + len(pcm) > MAX_BUFFER_S * self.config.input_rate * 2:
             raise RealtimeError(
-                f"input audio buffer is full ({MAX_BUFFER_S // 60} minutes): commit or clear it",
+                f"input audio buffer is full ({MAX_BUFFER_S} s): commit or clear it",
                 "input_audio_buffer_full",
             )
         self.buffer.extend(pcm)
@@ -247,6 +247,9 @@ class RealtimeConnection:
         item = parse_item(event.get("item"))
         if item.id in self.items:
             raise RealtimeError(f"an item with id {item.id!r} already exists", "duplicate_item_id", "item.id")
+        check_room(self.items, item)
+        audio_s = len(item.input_audio) / 2 / self.config.input_rate
+        charge_audio(self.lease, audio_s)
         if item.type == "function_call_output":
             if self.session.waiting_reply(item.call_id) is None:
                 raise RealtimeError(
@@ -264,7 +267,8 @@ class RealtimeConnection:
         for kind in ("conversation.item.added", "conversation.item.created", "conversation.item.done"):
             await self.send({"type": kind, "previous_item_id": previous, "item": item.render(self.beta)})
         if item.input_audio and self.config.transcription is not None:
-            await self._send_transcription(item, len(item.input_audio) / 2 / self.config.input_rate)
+            await self._send_transcription(item, audio_s)
+        item.input_audio = b""  # transcribed: the text is what the conversation keeps
 
     def _pcm_of_item(self, item: Item) -> bytes:
         if len(item.input_audio) % 2:

@@ -14,8 +14,12 @@ from typing import Any
 from voxloop.backends.llm.base import ChatMessage
 from voxloop.engine.playout import Span, heard_text
 from voxloop.protocols.realtime.wire import RealtimeError, new_id
+from voxloop.service.limits import Lease, LimitExceeded
 
 MAX_ITEM_TEXT = 20000
+# What one session's client may make the server keep: items are text once transcribed.
+MAX_ITEMS = 1000
+MAX_ITEMS_CHARS = 1_000_000
 
 
 @dataclass
@@ -127,3 +131,27 @@ def _base64(value: object, param: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RealtimeError(f"audio is not valid base64 ({exc})", param=param) from exc
+
+
+def check_room(items: dict[str, Item], item: Item) -> None:
+    """Refuses ``item`` when the conversation would hold too many items or too much text."""
+    if len(items) >= MAX_ITEMS:
+        raise RealtimeError(
+            f"the conversation holds {MAX_ITEMS} items, the most it may: delete some first",
+            "conversation_full",
+        )
+    held = sum(len(kept.text) + len(kept.output) + len(kept.arguments) for kept in items.values())
+    if held + len(item.text) + len(item.output) > MAX_ITEMS_CHARS:
+        raise RealtimeError(
+            f"the conversation holds {MAX_ITEMS_CHARS} characters of items, the most it may: delete some",
+            "conversation_full",
+        )
+
+
+def charge_audio(lease: Lease | None, seconds: float) -> None:
+    """Client audio sent inside an item counts against the key's audio budget like any other."""
+    if lease is not None and seconds:
+        try:
+            lease.audio(seconds)
+        except LimitExceeded as exc:
+            raise RealtimeError(exc.message, "rate_limit_exceeded", "item.content") from exc
