@@ -176,7 +176,9 @@ class RoomClient:
         if done is None:
             await self.session.interrupt()
         session, room = self.session, self.room
-        await self.until(lambda: not room.playing and session.current is None and session.pending is None)
+        await self.until(
+            lambda: not room.playing and session.current is None and session.turns.pending is None
+        )
         await asyncio.sleep(1.0)  # the room's tail and the VAD's hangover
 
     async def reply_playing(self, since: int, after_s: float) -> Seen | None:
@@ -264,8 +266,8 @@ def as_before(session: Session) -> None:
     from voxloop.engine.barge_in import SpokenWords
     from voxloop.engine.echo import EchoGuard
 
-    session.echo = EchoGuard(adaptive=False)
-    session.spoken = SpokenWords(window_s=0.0)
+    session.echo = session.player.echo = EchoGuard(adaptive=False)
+    session.player.spoken = SpokenWords(window_s=0.0)
     session.configure(
         barge_in=replace(session.config.barge_in, backchannels=frozenset()),
         turn=replace(session.config.turn, smart_turn=False),

@@ -16,7 +16,16 @@ from typing import Any, cast
 from llama_cpp import Llama
 
 from voxloop.backends import workers
-from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.llm.base import (
+    ChatMessage,
+    LlmError,
+    LlmEvent,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    finish_reason_of,
+)
 from voxloop.backends.llm.openai_http import openai_messages, openai_tools
 from voxloop.config import Settings
 from voxloop.models import LLM_MODELS, ModelUnavailable, SplitModel
@@ -107,12 +116,21 @@ class LlamaLlm:
         # aclosing: an early aclose() of this generator must reach iterate_in at once, which is
         # what stops the llama thread; an unclosed inner generator would be finalised much later.
         async with aclosing(workers.iterate_in(workers.LLM, lambda: self._generate(request))) as pieces:
+            usage = None
             async for piece in pieces:
+                if isinstance(piece, Usage):
+                    usage = piece
+                    continue
                 text = calls.feed(piece) if calls else piece
                 if text:
                     yield TextDelta(text)
-        for event in calls.finish() if calls else ():
+        found = list(calls.finish()) if calls else []
+        for event in found:
             yield event
+        if usage is not None:
+            yield Usage(
+                "tool-calls" if found else usage.finish_reason, usage.input_tokens, usage.output_tokens
+            )
 
     def _request(
         self,
@@ -132,18 +150,24 @@ class LlamaLlm:
             "stream": True,
         }
 
-    def _generate(self, request: dict[str, Any]) -> Iterator[str]:
-        """Runs on the LLM thread, one token per step; the caller stops it by not asking for more."""
+    def _generate(self, request: dict[str, Any]) -> Iterator[str | Usage]:
+        """Runs on the LLM thread, one token per step; the caller stops it by not asking for more.
+        The last item is the Usage (the context then holds the prompt and all but the last token)."""
         model = self._model()
         try:
             chunks = cast(Generator[Any, None, None], model.create_chat_completion(**request))
+            tokens, reason = 0, None
             try:
                 for chunk in chunks:
-                    content = chunk["choices"][0]["delta"].get("content")
+                    choice = chunk["choices"][0]
+                    reason = choice.get("finish_reason") or reason
+                    content = choice["delta"].get("content")
                     if content:
+                        tokens += 1
                         yield content
             finally:
                 chunks.close()
+            yield Usage(finish_reason_of(reason), max(0, model.n_tokens - tokens + 1), tokens)
         except Exception as exc:  # template error, context overflow, decode failure
             raise LlmError(f"llama.cpp generation failed: {exc}") from exc
 
