@@ -155,7 +155,10 @@ class EchoGuard:
                 self._estimate()
         uncertain = self.uncertain()
         if self._canceller is not None:
-            out = self._cancel(mic, active and self.delay is not None and self.track.steady)
+            steady = active and self.delay is not None and self.track.steady
+            early = active and self.delay is not None and self.gain > 0.0 and not steady
+            # Until the delay is confirmed, only the energy-checked one-tap subtraction runs.
+            out = self._cancel(self._subtract(mic, start) if early else mic, steady)
         elif self.delay is None or self.gain <= 0.0 or not active:
             out = mic
         else:
