@@ -16,6 +16,7 @@ BENCHES = [
     ["bench_soca.py"],
     ["bench_selam.py"],
     ["bench_voice_agent.py"],
+    ["bench_room.py", "--turns", "10", "--rooms", "2,4", "--compare"],
     ["abuse.py", "--out", "bench/results/abuse.json"],
     ["soak.py", "--sessions", "20", "--minutes", "5", "--out", "bench/results/soak-20x5"],
 ]

@@ -199,3 +199,61 @@ def test_undecodable_audio_is_a_format_error() -> None:
         codec.decode_audio(b"RIFF", "audio/x-unknown")
     with pytest.raises(AudioFormatError):
         codec.decode_audio(b"")
+
+
+# ---- turn-taking over a reply ---------------------------------------------------------
+
+MIC_FRAME = 320
+
+
+async def microphone(session: Session, speech: np.ndarray, silence_s: float) -> None:
+    """Speech then silence, in real time (20 ms frames)."""
+    audio = np.concatenate([speech, np.zeros(int(silence_s * 16000), np.float32)])
+    for start in range(0, len(audio), MIC_FRAME):
+        await session.push_audio(float_to_pcm16(audio[start : start + MIC_FRAME]))
+        await asyncio.sleep(MIC_FRAME / 16000)
+
+
+async def until(
+    session: Session, seen: list[events.Event], match: type, within_s: float = 90
+) -> events.Event:
+    async with asyncio.timeout(within_s):
+        while True:
+            event = await session.next_event()
+            seen.append(event)
+            if isinstance(event, match):
+                return event
+
+
+async def speak_over_a_story(session: Session, words: str) -> list[events.Event]:
+    """Asks for a long reply and says ``words`` 1.5 s into its audio (the echo guard has by then
+    found no echo path: this client wears headphones); returns the events up to its end."""
+    session.configure(prompt="You tell long stories.")
+    seen: list[events.Event] = []
+    await session.reply("Tell me a story about a lighthouse keeper in six sentences.")
+    await until(session, seen, events.AudioOut)
+    await microphone(session, np.zeros(0, np.float32), 1.5)
+    talk = asyncio.create_task(microphone(session, espeak_16k(words), 2.0))
+    await until(session, seen, events.ResponseDone)
+    await talk
+    return seen
+
+
+async def test_words_over_a_reply_that_do_not_interrupt_it_are_answered_after_it(session: Session) -> None:
+    session.configure(barge_in=BargeInRules(min_words=4, backchannels=frozenset()))  # a strict protocol
+    seen = await speak_over_a_story(session, "Paris please.")
+    first = next(e for e in seen if isinstance(e, events.ResponseDone))
+    assert not first.interrupted  # two words: no barge-in under these rules
+    more: list[events.Event] = []
+    said = await until(session, more, events.TranscriptFinal)
+    assert isinstance(said, events.TranscriptFinal) and said.role == "user"
+    assert "paris" in said.text.lower() and said.generation > first.generation
+    await until(session, more, events.ResponseDone)
+
+
+async def test_a_backchannel_over_a_reply_lets_it_go_on(session: Session) -> None:
+    seen = await speak_over_a_story(session, "Yeah.")
+    done = next(e for e in seen if isinstance(e, events.ResponseDone))
+    assert not done.interrupted
+    assert not any(isinstance(e, events.Interrupted) for e in seen)
+    assert session.next_turn is None  # nothing to answer afterwards

@@ -101,9 +101,7 @@ async def test_truncate_and_delete_keep_the_store_equal_to_the_context(tmp_path:
     store.close()  # waits for the queued writes
     reopened = ConversationStore(tmp_path / "history.db")
     found = reopened.turns("s", None)
-    assert [(t.role, t.text) for t in found] == [
-        (m.role, m.content) for m in history.messages
-    ]
+    assert [(t.role, t.text) for t in found] == [(m.role, m.content) for m in history.messages]
     history.listeners.clear()
     history.truncate(story.id, "")  # nothing heard: the message goes
     assert [m.id for m in history.messages] == [question.id]

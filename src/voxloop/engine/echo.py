@@ -1,15 +1,24 @@
 """Echo guard: removes the bot's own voice from the microphone stream before VAD and STT.
 
 The server knows exactly what it played and when. Each reply sample is written onto the
-microphone's sample clock at the position where it should come back; the unknown extra delay
-(client buffering, the room) and the loudness of the echo are found by cross-correlating the
-microphone with that reference, and the scaled, delayed reference is subtracted. What remains is
-the user (barge-in still works while the bot talks) plus whatever the estimate misses.
+microphone's sample clock at the position where it should come back. The unknown extra delay
+(client buffering, the room) is found by cross-correlating the microphone with that reference,
+to a fraction of a sample, and followed as it drifts (a client's speaker and microphone clocks
+differ by up to ~100 ppm). The reference, re-read at that moving delay, feeds Speex's adaptive
+echo canceller (MDF, a 256 ms filter for the room's reverberation, plus its residual-echo
+suppressor), which learns the path itself: resampling, reverb, a speaker that clips a little.
+Without libspeexdsp the guard falls back to subtracting one scaled copy of the reference, which
+only cancels a digital loopback. What remains is the user (barge-in still works while the bot
+talks) plus whatever the estimate misses.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
+
+from voxloop.audio import speex
 
 RATE = 16000
 MAX_DELAY = int(0.8 * RATE)  # client playout buffer plus the acoustic path
@@ -17,10 +26,53 @@ WINDOW = 4096  # samples correlated per delay estimate (~0.26 s)
 HISTORY = 1 << 16  # ring size (~4 s): covers window plus the largest delay
 ESTIMATE_EVERY = 512  # every VAD frame: client playback can shift by a frame at any time
 MIN_CORRELATION = 0.6  # normalised correlation needed to trust a delay
+FRAME = 256  # canceller frame (16 ms): also the latency the canceller adds
+FILTER = 4096  # canceller filter (256 ms): the room's tail after the direct path
+LEAD = 480  # the reference runs 30 ms ahead of the estimated echo: the filter stays causal
+FIT_SPAN = 6 * RATE  # delay estimates this recent set the drift
+JUMP = 4.0  # samples: an estimate this far off the fitted line means the playback restarted
+MAX_DRIFT = 400e-6
+TAPS = np.arange(-7, 9)  # fractional-delay interpolation: 16-tap windowed sinc
+TAPER = np.hanning(len(TAPS) + 2)[1:-1]
+
+
+class DelayTrack:
+    """The echo's delay over time: sub-sample estimates, fitted by a line whose slope is the
+    clock drift. A jump (the client restarted playback) starts a new line with the same slope."""
+
+    def __init__(self) -> None:
+        self.points: deque[tuple[int, float]] = deque()
+        self.drift = 0.0  # samples of delay per microphone sample
+        self._anchor = (0, 0.0)  # (position, delay) the line passes through
+
+    def add(self, position: int, delay: float) -> None:
+        if self.points and abs(self.at(position) - delay) > JUMP:
+            self.points.clear()
+        self.points.append((position, delay))
+        while self.points and position - self.points[0][0] > FIT_SPAN:
+            self.points.popleft()
+        positions = np.array([p for p, _ in self.points], dtype=np.float64)
+        delays = np.array([d for _, d in self.points])
+        if positions[-1] - positions[0] >= RATE:  # a second of estimates: enough to see drift
+            slope = np.polyfit(positions - positions[0], delays, 1)[0]
+            self.drift = float(np.clip(slope, -MAX_DRIFT, MAX_DRIFT))
+        mean_at = float(positions.mean())
+        self._anchor = (round(mean_at), float(np.mean(delays - self.drift * (positions - mean_at))))
+
+    @property
+    def steady(self) -> bool:
+        """Three estimates on one line: an echo path, not a chance match (headphones have none,
+        and cancelling a phantom echo would eat the user's words)."""
+        return len(self.points) >= 3
+
+    def at(self, position: int | np.ndarray) -> float | np.ndarray:
+        start, delay = self._anchor
+        return delay + self.drift * (np.asarray(position) - start)
 
 
 class EchoGuard:
-    def __init__(self) -> None:
+    def __init__(self, adaptive: bool = True) -> None:
+        """``adaptive=False``: the one-tap subtraction alone (what the guard was before Speex)."""
         self._ref = np.zeros(HISTORY, dtype=np.float32)  # reference, indexed by mic position % HISTORY
         self._mic = np.zeros(HISTORY, dtype=np.float32)
         self._ref_until = 0  # mic position after the last reference sample written
@@ -28,14 +80,23 @@ class EchoGuard:
         self._position = 0  # mic samples received
         self._since_estimate = 0
         self.delay: int | None = None  # extra delay found, in samples
+        self.track = DelayTrack()
         self.no_echo_path = False  # set once bot audio played without any echo coming back
         self.gain = 0.0
+        self._canceller = (
+            speex.SpeexEchoCanceller(FRAME, FILTER, RATE)
+            if adaptive and speex.library() is not None
+            else None
+        )
+        self._unframed = np.zeros(0, dtype=np.float32)  # input not yet a whole canceller frame
+        self._framed_at = 0  # mic position of _unframed[0]
+        self._cleaned = np.zeros(FRAME if self._canceller else 0, dtype=np.float32)  # output queue
 
     def add_reference(self, samples: np.ndarray, starts_in_s: float, contiguous: bool) -> None:
         """Bot audio (16 kHz) the client starts playing ``starts_in_s`` from now.
 
         ``contiguous`` pieces follow the previous one without a gap in the client's playback, so
-        they are laid end to end: sample-exact alignment is what makes subtraction work, and
+        they are laid end to end: sample-exact alignment is what makes cancelling work, and
         per-piece wall-clock jitter would ruin it.
         """
         if contiguous and self._ref_until > self._position:
@@ -59,6 +120,10 @@ class EchoGuard:
             self._ref[(self._position - MAX_DELAY - WINDOW + np.arange(samples)) % HISTORY] = 0.0
         self._mic[(self._position + np.arange(min(max(samples, 0), HISTORY))) % HISTORY] = 0.0
         self._position += max(samples, 0)
+        # A part-frame left from before the gap goes out as it is: frames hold contiguous audio.
+        self._cleaned = np.concatenate([self._cleaned, self._unframed])
+        self._unframed = np.zeros(0, dtype=np.float32)
+        self._framed_at = self._position
 
     def active(self) -> bool:
         """Whether bot audio may still be coming back through the microphone."""
@@ -76,25 +141,63 @@ class EchoGuard:
         return False
 
     def process(self, mic: np.ndarray) -> np.ndarray:
-        """The microphone samples with the estimated echo removed."""
+        """The microphone samples with the estimated echo removed (``FRAME`` samples later when
+        the canceller runs: it works on whole frames)."""
         start = self._position
         index = (start + np.arange(len(mic))) % HISTORY
         self._mic[index] = mic
         self._position += len(mic)
+        active = self.active()
+        if active:
+            self._since_estimate += len(mic)
+            if self._since_estimate >= ESTIMATE_EVERY or self.delay is None:
+                self._since_estimate = 0
+                self._estimate()
+        uncertain = self.uncertain()
+        if self._canceller is not None:
+            steady = active and self.delay is not None and self.track.steady
+            early = active and self.delay is not None and self.gain > 0.0 and not steady
+            # Until the delay is confirmed, only the energy-checked one-tap subtraction runs.
+            out = self._cancel(self._subtract(mic, start) if early else mic, steady)
+        elif self.delay is None or self.gain <= 0.0 or not active:
+            out = mic
+        else:
+            out = self._subtract(mic, start)
         # Clear the reference that is now older than any delay we search, so the ring can be reused.
-        stale = (start - MAX_DELAY - WINDOW + np.arange(len(mic))) % HISTORY
-        if not self.active():
-            self._ref[stale] = 0.0
-            return mic  # the last delay and gain are kept: the echo path rarely changes
-        self._since_estimate += len(mic)
-        if self._since_estimate >= ESTIMATE_EVERY or self.delay is None:
-            self._since_estimate = 0
-            self._estimate()
-        self._ref[stale] = 0.0
-        if self.uncertain():
-            return np.zeros_like(mic)  # likely our own echo: do not let it start a turn
-        if self.delay is None or self.gain <= 0.0:
-            return mic
+        self._ref[(start - MAX_DELAY - WINDOW + np.arange(len(mic))) % HISTORY] = 0.0
+        return np.zeros_like(mic) if uncertain else out  # likely our own echo: no turn from it
+
+    def _cancel(self, mic: np.ndarray, echo: bool) -> np.ndarray:
+        assert self._canceller is not None
+        self._unframed = np.concatenate([self._unframed, mic.astype(np.float32, copy=False)])
+        done = []
+        while len(self._unframed) >= FRAME:
+            frame, self._unframed = self._unframed[:FRAME], self._unframed[FRAME:]
+            at = self._framed_at
+            self._framed_at += FRAME
+            if echo:
+                # One scaled copy of the reference comes off first (it alone cancels a digital
+                # loopback at once); the adaptive filter learns the rest of the path.
+                frame = frame - self.gain * self._far_end(at, 0)
+                frame = self._canceller.process(frame, self._far_end(at, LEAD))
+            done.append(frame)
+        self._cleaned = np.concatenate([self._cleaned, *done])
+        out, self._cleaned = self._cleaned[: len(mic)], self._cleaned[len(mic) :]
+        return out
+
+    def _far_end(self, at: int, lead: int) -> np.ndarray:
+        """The reference as it sounds at microphone positions ``at``..``at + FRAME``, ``lead``
+        samples early, re-read at the drifting delay with a windowed-sinc interpolator."""
+        positions = at + np.arange(FRAME)
+        when = positions - np.asarray(self.track.at(positions)) + lead
+        whole = np.floor(when).astype(np.int64)
+        fraction = when - whole
+        kernel = np.sinc(TAPS[None, :] - fraction[:, None]) * TAPER
+        samples = self._ref[(whole[:, None] + TAPS[None, :]) % HISTORY]
+        return (samples * kernel).sum(axis=1).astype(np.float32)
+
+    def _subtract(self, mic: np.ndarray, start: int) -> np.ndarray:
+        assert self.delay is not None
         echo = self._ref[(start - self.delay + np.arange(len(mic))) % HISTORY]
         residual = (mic - self.gain * echo).astype(np.float32)
         # A wrong estimate would add the bot's voice instead of removing it: subtract only
@@ -123,5 +226,13 @@ class EchoGuard:
             return
         aligned = self._window(self._ref, end - delay, WINDOW)
         gain = float(np.dot(mic, aligned) / max(float(np.dot(aligned, aligned)), 1e-9))
-        if 0.01 < gain < 4.0:  # otherwise a chance match, not an echo: keep the last estimate
-            self.delay, self.gain = delay, gain
+        if not 0.01 < gain < 4.0:  # a chance match, not an echo: keep the last estimate
+            return
+        self.delay, self.gain = delay, gain
+        if 0 < delay < MAX_DELAY:  # the peak's parabola gives the fraction of a sample
+            left, peak, right = normalised[delay - 1 : delay + 2]
+            curvature = left - 2 * peak + right
+            offset = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
+            self.track.add(end - WINDOW // 2, delay + float(np.clip(offset, -0.5, 0.5)))
+        else:
+            self.track.add(end - WINDOW // 2, float(delay))

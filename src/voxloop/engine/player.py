@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from voxloop.backends.tts.stream import frames
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.engine import events
+from voxloop.engine.barge_in import SpokenWords
 from voxloop.engine.echo import RATE as ECHO_RATE
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.response import Response
@@ -24,6 +25,7 @@ class Player:
         self, emit: Callable[[events.Event], Awaitable[None]], echo: EchoGuard, visemes: Callable[[], bool]
     ) -> None:
         self.emit, self.echo, self.visemes = emit, echo, visemes
+        self.spoken = SpokenWords()  # the bot's words as played: their echo is not the user
         self.output_open = asyncio.Event()  # cleared while the client holds reply audio
         self.output_open.set()
 
@@ -58,6 +60,8 @@ class Player:
                     await self.emit(events.StatusChanged("speaking", response.generation))
                 contiguous = playout.ends_at >= now  # the client is still playing the last frame
                 starts_at = playout.sent(len(frame) // 2, now)
+                if reference_at == 0:
+                    self.spoken.played(speech.text, starts_at, speech.duration)
                 count = round(len(frame) // 2 * ECHO_RATE / rate)
                 piece = speech.reference[reference_at : reference_at + count]
                 self.echo.add_reference(piece, starts_at - now, contiguous)

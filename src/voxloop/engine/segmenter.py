@@ -1,5 +1,8 @@
 """Cuts a 16 kHz audio stream into utterances with the VAD: pre-roll, minimum speech, hangover.
 
+The hangover is the fallback: ``engine/turn_end.py`` may end an utterance sooner (``end_now``)
+when the user sounds finished, or ``hold`` it open longer when they sound mid-sentence.
+
 The clock is samples received, never wall time, so streams can be fed faster than real time.
 """
 
@@ -21,6 +24,11 @@ class SegmenterConfig:
     hangover_ms: int = 480  # trailing silence that ends an utterance
     pre_roll_ms: int = 320  # audio kept from before the detected start
     max_utterance_s: float = 30.0  # longer speech is cut into utterances of this length
+    smart_turn: bool = True  # ask the end-of-turn model (Smart Turn) during the user's pauses
+    early_end_after_ms: int = 200  # silence after which the model is asked
+    early_end_probability: float = 0.85  # at least this sure the turn is complete: end it now
+    mid_sentence_probability: float = 0.5  # below this the user is mid-sentence: wait longer
+    max_hangover_ms: int = 1500  # the longest a mid-sentence pause is waited out
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class UtteranceSegmenter:
         self.config = config or SegmenterConfig()
         frames = lambda ms: max(1, round(ms * sample_rate / 1000 / frame_samples))  # noqa: E731
         self._min_speech_frames = frames(self.config.min_speech_ms)
-        self._hangover_frames = frames(self.config.hangover_ms)
+        self._base_hangover = self._hangover_frames = frames(self.config.hangover_ms)
+        self._frames = frames
         self._max_frames = frames(self.config.max_utterance_s * 1000)
         self._pending = np.zeros(0, dtype=np.float32)
         self._recent: deque[np.ndarray] = deque(
@@ -76,6 +85,19 @@ class UtteranceSegmenter:
     def trailing_silence_s(self) -> float:
         """Silence since the last voiced frame of the current utterance."""
         return self._silent_run * self.frame_samples / self.sample_rate if self.speaking else 0.0
+
+    @property
+    def voiced_until(self) -> int:
+        """Stream position of the end of the last voiced frame (while speaking)."""
+        return self.position - self._silent_run * self.frame_samples
+
+    def hold(self, hangover_ms: int) -> None:
+        """This pause ends the utterance only after ``hangover_ms`` of silence (until speech resumes)."""
+        self._hangover_frames = max(self._hangover_frames, self._frames(hangover_ms))
+
+    def end_now(self) -> SpeechEnded | None:
+        """End the current utterance at its last voiced frame (the user sounds finished)."""
+        return self._end(self.voiced_until) if self.speaking else None
 
     def utterance_audio(self) -> np.ndarray:
         """The utterance so far (empty when nobody is speaking)."""
@@ -114,6 +136,7 @@ class UtteranceSegmenter:
                 return self._end(self.position - self._silent_run * len(frame))
         elif probability >= self.config.threshold:
             self._silent_run = 0
+            self._hangover_frames = self._base_hangover  # a new pause gets a new decision
         if len(self._utterance) >= self._max_frames:
             return self._end(self.position)
         return None
@@ -122,5 +145,6 @@ class UtteranceSegmenter:
         audio = self.utterance_audio()
         self._utterance = []
         self._voiced_run = self._silent_run = 0
+        self._hangover_frames = self._base_hangover
         self.speaking = False
         return SpeechEnded(audio=audio, at_sample=at_sample)

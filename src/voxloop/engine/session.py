@@ -97,6 +97,7 @@ class Session:
         self.history = History(self.config.prompt, self.config.max_context_messages)
         self.voice = backends.speaker.resolve(self.config.voice, self.config.language)
         self.echo = EchoGuard()
+        self.next_turn: str | None = None  # words said over a reply that did not interrupt it
         vad = backends.vad
         segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
         self.turns = TurnTaker(self, segmenter)
@@ -368,6 +369,7 @@ class Session:
             self._discard(response)
             return
         self.current = response
+        self.next_turn = None  # the user moved on: what they said over the last reply is answered
         if (reply := self.replies.get(response.generation)) is not None:
             reply.released = True
         self.oldest_live_generation = response.generation
@@ -408,6 +410,12 @@ class Session:
             self.current = None
             await self._finish(response, interrupted=False)
             await self.emit(events.StatusChanged("listening", response.generation))
+            if (
+                self.next_turn is not None
+                and self.turns.pending is None
+                and not self.turns.segmenter.speaking
+            ):
+                await self.reply(self.next_turn)  # what the user said over it, now answered
 
     async def _finish(self, response: Response, interrupted: bool, reason: str = "") -> None:
         heard = response.playout.heard_text() if interrupted else None

@@ -28,6 +28,7 @@ from voxloop.engine.echo import RATE as VAD_RATE
 from voxloop.engine.reply import ReplyHandle
 from voxloop.engine.response import Response
 from voxloop.engine.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
+from voxloop.engine.turn_end import EndOfTurn
 
 if TYPE_CHECKING:
     from voxloop.engine.session import Session
@@ -54,6 +55,7 @@ class TurnTaker:
     def __init__(self, session: Session, segmenter: UtteranceSegmenter) -> None:
         self.session = session
         self.segmenter = segmenter
+        self.end_of_turn = EndOfTurn()  # Smart Turn: end sooner, or wait out a mid-sentence pause
         self.pending: PendingTurn | None = None
         self.barge_check: asyncio.Task[None] | None = None
         self.partial: asyncio.Task[None] | None = None
@@ -94,6 +96,8 @@ class TurnTaker:
                 await self._on_speech_started(event)
             elif isinstance(event, SpeechEnded):
                 await self._on_speech_ended(event)
+        if self.end_of_turn.update(self.segmenter) and (ended := self.segmenter.end_now()) is not None:
+            await self._on_speech_ended(ended)  # the user sounds finished: no need to wait out the hangover
         if not self.segmenter.speaking:
             return
         silence = self.segmenter.trailing_silence_s
@@ -142,12 +146,23 @@ class TurnTaker:
         try:
             transcript = await self.session.transcribe(pending.audio)
             text = transcript.text
+            self.end_of_turn.heard(pending.audio_end, text)  # mid-sentence words hold the turn open
             stt_done = time.monotonic() - pending.speech_end
             # Any reply still playing (paused or not: a late transcript may come after the barge-in
             # window let it resume) is cut only by words that pass the barge-in rules.
             over_reply = self.session.current is not None and self.session.config.barge_in.enabled
             if not self.has_words(text) or (over_reply and not self.may_barge(transcript)):
                 await pending.committed.wait()
+                config = self.session.config
+                if (
+                    over_reply
+                    and config.auto_reply
+                    and self.has_words(text)
+                    and not config.barge_in.backchannel(text)
+                ):
+                    self.session.next_turn = (
+                        text.strip()
+                    )  # words, not an interruption: answered after the reply
                 if self.session.current is not None and not self.segmenter.speaking:
                     self.session.current.resumed.set()  # a cough, a slam or an "um": the reply goes on
                 return
@@ -205,12 +220,16 @@ class TurnTaker:
             self.partial = None
 
     def has_words(self, text: str) -> bool:
-        return len(meaningful_words(text, self.session.config.filler_words)) >= self.session.config.min_words
+        enough = (
+            len(meaningful_words(text, self.session.config.filler_words)) >= self.session.config.min_words
+        )
+        return enough and not self.session.player.spoken.echoes(text, time.monotonic())
 
     def may_barge(self, transcript: Transcript) -> bool:
         rules = self.session.config.barge_in
         cooled = time.monotonic() - self.last_barge_at >= rules.cooldown_s
-        return rules.enabled and cooled and rules.qualifies(transcript)
+        echo = self.session.player.spoken.echoes(transcript.text, time.monotonic())
+        return rules.enabled and cooled and rules.qualifies(transcript) and not echo
 
     def pause(self, response: Response) -> None:
         response.resumed.clear()

@@ -32,6 +32,19 @@ MAX_INSTRUCTIONS = 20000
 MAX_TOOLS = 64
 
 
+# semantic_vad eagerness -> (how sure Smart Turn must be to end a turn early, the longest a
+# mid-sentence pause is waited out in ms): "low" lets the user take their time, "high" answers soon.
+SEMANTIC_EAGERNESS = {"low": (0.95, 3000), "medium": (0.85, 1500), "auto": (0.85, 1500), "high": (0.6, 800)}
+
+
+def semantic_turn(turn: dict[str, Any]) -> dict[str, Any]:
+    """The engine's end-of-turn settings (SegmenterConfig fields) for a turn_detection object."""
+    if turn.get("type") != "semantic_vad":
+        return {"smart_turn": False}  # server_vad: the silence duration alone, as documented
+    probability, max_hangover_ms = SEMANTIC_EAGERNESS[turn["eagerness"]]
+    return {"smart_turn": True, "early_end_probability": probability, "max_hangover_ms": max_hangover_ms}
+
+
 def default_turn_detection() -> dict[str, Any]:
     return {
         "type": "server_vad",
@@ -240,7 +253,14 @@ def _turn_detection(value: object, param: str) -> dict[str, Any] | None:
     kind = value.get("type", "server_vad")
     if kind not in ("server_vad", "semantic_vad"):
         raise RealtimeError(f"unsupported turn detection {kind!r}; use 'server_vad' or null", param=param)
-    turn = default_turn_detection()  # semantic_vad runs as server_vad with its defaults
+    turn = default_turn_detection()
+    if kind == "semantic_vad":  # the engine's end-of-turn model; eagerness sets how it waits
+        eagerness = value.get("eagerness") or "auto"
+        if eagerness not in SEMANTIC_EAGERNESS:
+            raise RealtimeError(
+                f"'eagerness' must be one of {sorted(SEMANTIC_EAGERNESS)}", param=f"{param}.eagerness"
+            )
+        turn.update(type=kind, eagerness=eagerness)
     for key, low, high in (
         ("threshold", 0.0, 1.0),
         ("prefix_padding_ms", 0, 5000),

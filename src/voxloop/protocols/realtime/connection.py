@@ -24,7 +24,13 @@ from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
 from voxloop.protocols.common import admit_audio, parse_json
-from voxloop.protocols.realtime.config import RealtimeConfig, apply_update, is_beta_shape, render
+from voxloop.protocols.realtime.config import (
+    RealtimeConfig,
+    apply_update,
+    is_beta_shape,
+    render,
+    semantic_turn,
+)
 from voxloop.protocols.realtime.items import Item, charge_audio, check_room, parse_item
 from voxloop.protocols.realtime.responses import (
     AUDIO_IN_TOKENS_S,
@@ -174,6 +180,7 @@ class RealtimeConnection:
                 threshold=float(turn["threshold"]),
                 pre_roll_ms=int(turn["prefix_padding_ms"]),
                 hangover_ms=int(turn["silence_duration_ms"]),
+                **semantic_turn(turn),
             )
             changes["auto_reply"] = bool(turn["create_response"])
             changes["barge_in"] = dataclasses.replace(

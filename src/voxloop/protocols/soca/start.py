@@ -33,7 +33,13 @@ BARGE_KEYS = {
 }
 SOCA_FILLERS = frozenset({"uh", "um", "hmm", "eh", "ah", "ya", "yah"})
 SOCA_BARGE_IN = BargeInRules(
-    min_chars=10, min_words=2, min_confidence=0.30, window_s=1.5, cooldown_s=0.8, filler_words=SOCA_FILLERS
+    min_chars=10,
+    min_words=2,
+    min_confidence=0.30,
+    window_s=1.5,
+    cooldown_s=0.8,
+    filler_words=SOCA_FILLERS,
+    backchannels=frozenset(),  # every non-filler word counts, as documented
 )
 
 
@@ -47,6 +53,7 @@ def barge_rules(settings: Settings) -> BargeInRules:
         window_s=settings.soca_speech_start_window_s,
         cooldown_s=settings.soca_barge_cooldown_s,
         filler_words=frozenset(word.lower() for word in settings.soca_filler_words),
+        backchannels=frozenset(),  # Soca's documented rules: every non-filler word counts
     )
 
 
