@@ -30,7 +30,7 @@ UNFINISHED_ENDINGS = frozenset(
     "a an the to of in on at for from with by about into and or but so because if than that which who "
     "whose my your his her our their its is are was were am be been being do does did have has had "
     "can could will would should shall may might must i i'm i'd you we they he she it's like want "
-    "very really more most some any this these those what where when how why please".split()
+    "very really more most some any this these those what where when how why".split()
 )
 
 
