@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 256
     llm_temperature: float = 0.6
+    llm_cache_mb: int = 256  # conversations' evaluated prompts kept while others use the model
     server_tools: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Built-in server-side tools to offer the LLM, e.g. get_current_time.",

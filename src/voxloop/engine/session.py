@@ -33,6 +33,7 @@ from voxloop.audio.pcm import StreamResampler, pcm16_to_float
 from voxloop.backends import workers
 from voxloop.backends.llm.base import ChatMessage, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
+from voxloop.backends.scheduler import JobKind, Shed
 from voxloop.backends.stt.base import Transcript
 from voxloop.backends.tts.stream import frames
 from voxloop.backends.tts.visemes import visemes_for
@@ -337,7 +338,7 @@ class Session:
     async def _turn(self, pending: PendingTurn) -> None:
         response: Response | None = None
         try:
-            transcript = await self.transcribe(pending.audio)
+            transcript = await self._transcribe_turn(pending)
             text = transcript.text
             stt_done = time.monotonic() - pending.speech_end
             # Any reply still playing (paused or not: a late transcript may come after the barge-in
@@ -384,6 +385,15 @@ class Session:
             if self.pending is pending:
                 self.pending = None
 
+    async def _transcribe_turn(self, pending: PendingTurn) -> Transcript:
+        if pending.committed.is_set():
+            return await self.transcribe(pending.audio)
+        try:
+            return await self.transcribe(pending.audio, JobKind.STT_SPECULATIVE)
+        except Shed:  # the speech lane is behind: transcribe once, when the user has finished
+            await pending.committed.wait()
+            return await self.transcribe(pending.audio)
+
     def _maybe_partial(self) -> None:
         if not self.config.partials or self.partial is not None or self.pending is not None:
             return  # a turn under way transcribes the same audio anyway
@@ -395,10 +405,12 @@ class Session:
 
     async def _send_partial(self, audio: np.ndarray) -> None:
         try:
-            transcript = await self.transcribe(audio)
+            transcript = await self.transcribe(audio, JobKind.STT_PARTIAL)
             text = transcript.text.strip()
             if text and self.segmenter.speaking:
                 await self.emit(events.TranscriptPartial(text, transcript.confidence))
+        except Shed:
+            pass  # the speech lane is behind: no partial this time
         finally:
             self.partial = None
 
@@ -410,7 +422,7 @@ class Session:
         cooled = time.monotonic() - self.last_barge_at >= rules.cooldown_s
         return rules.enabled and cooled and rules.qualifies(transcript)
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, kind: JobKind = JobKind.STT_FINAL) -> Transcript:
         """16 kHz float32 audio -> text, in the session's language or, with detect_language, any.
 
         Detection costs a multilingual model and an extra pass (1.2 s against 0.34 s for English on
@@ -421,7 +433,7 @@ class Session:
         if audio.size == 0:
             return Transcript("", config.language, 0.0, confidence=0.0)
         run = lambda language: workers.run_in(  # noqa: E731
-            workers.SPEECH, lambda: stt.transcribe(audio, language)
+            workers.SPEECH, lambda: stt.transcribe(audio, language), kind
         )
         if not config.detect_language:
             return await run(config.language)
