@@ -116,7 +116,7 @@ class GuardedRoute:
         try:
             lease = state.limits.open_session(info)
         except LimitExceeded as exc:
-            await self.refuse(websocket, exc.message, "rate_limited", 1013 if exc.status == 429 else 1001)
+            await self.refuse(websocket, exc.message, "rate_limited", exc.close_code)
             return
         websocket.state.lease = lease
         await websocket.accept(
