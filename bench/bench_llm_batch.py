@@ -5,16 +5,23 @@ per sequence, each sequence with its own id in one KV cache) and xllamacpp's emb
 server (slots, continuous batching), if it is installed. Also time to first token for a follow-up
 turn whose conversation prefix is still cached while the other conversations ran.
 
-Run:  .venv/bin/python bench/bench_llm_batch.py [--threads 1] [--tokens 48]
+Run:  .venv/bin/python bench/bench_llm_batch.py [--threads 1] [--tokens 48] [--runtime both]
+      (xllamacpp is not a dependency: pip install --no-deps xllamacpp into a scratch directory
+      and put it on PYTHONPATH to compare)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 MODEL = Path.home() / ".cache/voxloop/qwen2.5-coder-0.5b-instruct-q4_k_m/model.gguf"
 SYSTEM = "You are a helpful assistant. Answer in one short sentence. " * 8
@@ -47,8 +54,6 @@ def llama_cpp_batched(counts: list[int], threads: int, tokens: int) -> dict[int,
     ctx = lc.llama_init_from_model(llm._model.model, params)
     vocab = lc.llama_model_get_vocab(llm._model.model)
     n_vocab = lc.llama_vocab_n_tokens(vocab)
-    import numpy as np
-
     results: dict[int, float] = {}
     for n in counts:
         mem = lc.llama_get_memory(ctx)
@@ -169,6 +174,52 @@ def xllamacpp_server(counts: list[int], threads: int, tokens: int) -> None:
     print(json.dumps(server.handle_metrics() if hasattr(server, "handle_metrics") else {})[:200])
 
 
+def cached_prefix_ttft(rounds: int) -> None:
+    """Time to first token of a conversation's next turn after another conversation used the
+    model, with each conversation's prompt kept in the prefix cache and without it."""
+    import asyncio
+
+    from voxloop.backends.llm.base import ChatMessage
+    from voxloop.backends.llm.llama import LlamaLlm
+    from voxloop.config import Settings
+
+    history = []
+    for question, answer in [
+        ("What is the capital of France?", "Paris."),
+        ("And of Italy?", "Rome."),
+        ("Name a big river in Egypt.", "The Nile."),
+        ("What do bees make?", "Honey."),
+    ]:
+        history += [ChatMessage("user", question), ChatMessage("assistant", answer)]
+
+    def talk(n: int, question: str) -> list[ChatMessage]:
+        return [ChatMessage("system", f"Conversation {n}. {SYSTEM}"), *history, ChatMessage("user", question)]
+
+    async def first_token(llm: LlamaLlm, messages: list[ChatMessage]) -> float:
+        started = time.perf_counter()
+        async for _ in llm.stream(messages, max_tokens=4, temperature=0.0):
+            return time.perf_counter() - started
+        return time.perf_counter() - started
+
+    async def run(cache_mb: int) -> list[float]:
+        llm = LlamaLlm(Settings(llm_cache_mb=cache_mb))
+        llm.warmup()
+        await first_token(llm, talk(0, "Hi"))
+        times = []
+        for i in range(rounds):
+            await first_token(llm, talk(1, f"Question {i} from the other conversation?"))
+            times.append(await first_token(llm, talk(0, f"And question {i}?")))
+        return times
+
+    for cache_mb in (256, 0):
+        times = asyncio.run(run(cache_mb))
+        print(
+            f"follow-up TTFT after another conversation, cache {cache_mb} MB: "
+            f"median {np.median(times) * 1000:.0f} ms over {len(times)}",
+            flush=True,
+        )
+
+
 def _no_repack(params):  # type: ignore[no-untyped-def]
     params.use_extra_bufts = False
     return params
@@ -178,10 +229,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--runtime", choices=["llama-cpp", "xllamacpp", "both"], default="both")
+    parser.add_argument("--runtime", choices=["llama-cpp", "xllamacpp", "both"], default="llama-cpp")
+    parser.add_argument("--rounds", type=int, default=5, help="follow-up turns timed with the prefix cache")
     args = parser.parse_args()
     counts = [1, 2, 4, 6]
     if args.runtime in ("llama-cpp", "both"):
         llama_cpp_batched(counts, args.threads, args.tokens)
+        cached_prefix_ttft(args.rounds)
     if args.runtime in ("xllamacpp", "both"):
         xllamacpp_server(counts, args.threads, args.tokens)
