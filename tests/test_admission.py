@@ -65,6 +65,12 @@ def test_readyz_reports_saturation(server: RunningServer, holder: ClientConnecti
     assert body["draining"] is False and body["lag_s"] >= 0
 
 
+def test_metrics_export_queue_wait_per_job_kind(server: RunningServer) -> None:
+    text = httpx.get(f"{server.http}/metrics").text
+    assert 'voxloop_queue_wait_seconds_count{kind="llm_prefill"}' in text  # the warmup's prompt
+    assert 'voxloop_scheduler_lag_seconds{lane="llm"}' in text
+
+
 def test_lokutor_refused_with_error_then_1013(server: RunningServer, holder: ClientConnection) -> None:
     first, code = refused(f"{server.ws}/ws/agent?api_key={KEY}")
     assert first["type"] == "error" and "at capacity" in first["data"], first
