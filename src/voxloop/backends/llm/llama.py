@@ -88,7 +88,7 @@ class LlamaLlm:
                 try:
                     # One thread while generating, both for the prompt: generation with 2 threads
                     # collapses whenever the other core is busy with speech (see MODELS.md).
-                    with _no_weight_repacking():
+                    with _no_amx_repacking():
                         llama = Llama(
                             model_path=str(path),
                             n_ctx=self._settings.llm_context,
@@ -199,6 +199,12 @@ class LlamaLlm:
                 self._cache.save(model)
             self._cache.restore(model, tokens)
             self._owner = owner
+        # The prompt on both cores only while speech leaves the other one free: two threads
+        # collapse (10x slower here) when one of them waits for a busy core.
+        settings = self._settings
+        idle = workers.SPEECH.busy() == 0 and workers.SPEECH.waiting() == 0
+        batch_threads = settings.llm_batch_threads if idle else settings.llm_threads
+        llama_cpp.llama_set_n_threads(model._ctx.ctx, settings.llm_threads, batch_threads)
 
 
 def _chat_format(model: Llama) -> Jinja2ChatFormatter:
@@ -215,11 +221,15 @@ def _chat_format(model: Llama) -> Jinja2ChatFormatter:
 
 
 @contextmanager
-def _no_weight_repacking() -> Iterator[None]:
-    """llama.cpp repacks weights for AMX where the CPU reports it; on this project's VMs the AMX
-    kernels die with SIGILL on any multi-token batch, so the model loads without extra buffer
-    types (plain AVX2/AVX-512 kernels). Llama() has no argument for it: its defaults are wrapped."""
+def _no_amx_repacking() -> Iterator[None]:
+    """A llama.cpp built with AMX repacks weights for it where the CPU reports AMX; on this
+    project's VMs those kernels die with SIGILL on any multi-token batch, so such a build loads
+    the model without extra buffer types (plain AVX-512 kernels). Llama() has no argument for it:
+    its defaults are wrapped while it loads."""
     default = llama_cpp.llama_cpp.llama_model_default_params
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        yield
+        return
 
     def params() -> llama_cpp.llama_model_params:
         value = default()
