@@ -21,18 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.soak import QUESTIONS
 
 MODEL = Path.home() / ".cache/voxloop/qwen2.5-coder-0.5b-instruct-q4_k_m/model.gguf"
 SYSTEM = "You are a helpful assistant. Answer in one short sentence. " * 8
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many legs does a spider have?",
-    "What color is the sky?",
-    "Name a fruit that is yellow.",
-    "What do bees make?",
-    "How many days are in a week?",
-]
 
 
 def llama_cpp_batched(counts: list[int], threads: int, tokens: int) -> dict[int, float]:
