@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -199,11 +200,12 @@ class LlamaLlm:
                 self._cache.save(model)
             self._cache.restore(model, tokens)
             self._owner = owner
-        # The prompt on both cores only while speech leaves the other one free: two threads
-        # collapse (10x slower here) when one of them waits for a busy core.
+        # The prompt on both cores only while they are free (no speech job, a machine not loaded
+        # by others): two threads collapse (3-10x slower here) when one waits for a busy core.
         settings = self._settings
         idle = workers.SPEECH.busy() == 0 and workers.SPEECH.waiting() == 0
-        batch_threads = settings.llm_batch_threads if idle else settings.llm_threads
+        free = idle and os.getloadavg()[0] < (os.cpu_count() or 1)
+        batch_threads = settings.llm_batch_threads if free else settings.llm_threads
         llama_cpp.llama_set_n_threads(model._ctx.ctx, settings.llm_threads, batch_threads)
 
 
