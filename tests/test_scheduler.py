@@ -78,6 +78,19 @@ def test_speculation_and_partials_are_shed_when_a_waiting_user_is_late() -> None
     assert final.done() and tts.done()
 
 
+def test_a_cancelled_job_among_those_shed_leaves_the_lane_working() -> None:
+    """A dropped speculative turn cancels its queued STT; shedding it must not fail the worker."""
+    clock, ran = Clock(), []
+    lane = Lane("speech", workers=0, clock=clock)
+    dropped = lane.submit(JobKind.STT_SPECULATIVE, lambda: ran.append("speculative"))
+    lane.submit(JobKind.STT_FINAL, lambda: ran.append("final"))
+    assert dropped.cancel()
+    clock.now += 1.0  # behind: the queue is shed on the next take
+    assert lane.run_next()
+    assert ran == ["final"] and dropped.cancelled()
+    assert not lane.run_next()
+
+
 def test_speculation_runs_when_the_lane_keeps_up() -> None:
     clock, ran = Clock(), []
     lane = Lane("speech", workers=0, clock=clock)

@@ -138,11 +138,11 @@ class Lane:
         if self._behind(now):
             kept = []
             for job in self._queue:
-                if job.kind in SHEDDABLE:
+                if job.kind not in SHEDDABLE:
+                    kept.append(job)
+                elif job.future.set_running_or_notify_cancel():  # a cancelled one only goes
                     SHED.labels(job.kind.value).inc()
                     job.future.set_exception(Shed(f"{job.kind.value} shed: the {self.name} lane is behind"))
-                else:
-                    kept.append(job)
             self._queue = kept
             heapq.heapify(self._queue)
         while self._queue:
