@@ -16,6 +16,7 @@ BENCHES = [
     ["bench_soca.py"],
     ["bench_selam.py"],
     ["bench_voice_agent.py"],
+    ["abuse.py", "--out", "bench/results/abuse.json"],
     ["bench_llm_batch.py", "--runtime", "llama-cpp"],
     ["bench_capacity.py", "--minutes", "1", "--out", "bench/results/capacity"],
     # 20 sessions offered with admission on: the admitted ones' latency, the others' refusals

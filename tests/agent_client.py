@@ -83,6 +83,15 @@ class AgentClient:
         with self._lock:
             return next((r.at for r in self.log if r.audio and r.at >= start), None)
 
+    def wait_audio_after(self, start: float, timeout: float = 30.0) -> float:
+        """When the first reply audio after ``start`` arrived, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while (at := self.first_audio_after(start)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no audio in {timeout} s")
+            time.sleep(0.02)
+        return at
+
     def last_audio_time(self) -> float | None:
         with self._lock:
             return next((r.at for r in reversed(self.log) if r.audio), None)

@@ -106,6 +106,18 @@ class SelamClient:
             time.sleep(max(0.0, next_at - time.monotonic()))
         return time.monotonic()
 
+    def send_stream(self, chunks: list[bytes], chunk_ms: int = 100) -> float:
+        """Streams a recording as SelamGPT's browser example does: MediaRecorder chunks (the
+        first with the WebM header) every ``chunk_ms`` in real time, labelled ``pcm16`` as the
+        example labels them; returns when the last chunk left."""
+        next_at = time.monotonic()
+        for chunk in chunks:
+            next_at += chunk_ms / 1000
+            time.sleep(max(0.0, next_at - time.monotonic()))  # the recorder hands a chunk out at its end
+            audio = base64.b64encode(chunk).decode()
+            self.emit("audio_chunk", {"audio": audio, "format": "pcm16", "sample_rate": RATE})
+        return time.monotonic()
+
     def say(self, speech: np.ndarray, silence_s: float = 1.0, chunk_ms: int = 30) -> float:
         """Speaks ``speech`` then ``silence_s`` of silence; returns when its last voiced sample left."""
         ended = self.send_pcm(speech, chunk_ms)

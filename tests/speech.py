@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,16 @@ def load_16k(path: Path) -> np.ndarray:
     return resample(audio, rate, 16000)
 
 
+SPANISH_PROMPT = "Eres un asistente útil. Responde siempre con una frase completa, de unas diez palabras."
+# Words any Spanish sentence about a capital is likely to hold, and English ones a Spanish reply never
+# does: a reply's language is checked, never its exact words.
+SPANISH_WORDS = {"es", "el", "la", "los", "las", "de", "del", "en", "un", "una", "que", "y", "capital"} | {
+    "madrid",
+    "parís",
+    "francia",
+}
+ENGLISH_WORDS = {"the", "is", "of", "and", "what", "city"}
+
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen \
 sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -67,6 +78,19 @@ def normalize_words(text: str) -> list[str]:
     text = re.sub(r"['’]", "", text.lower())
     words = re.sub(r"[^\w\s]|_", " ", text).split()
     return [spoken for word in words for spoken in (_number_words(word) if word.isdigit() else [word])]
+
+
+def _folded(text: str) -> str:
+    """Normalised words without accents, joined: "¡París, 2!" -> "paris two"."""
+    words = " ".join(normalize_words(text))
+    return "".join(c for c in unicodedata.normalize("NFKD", words) if not unicodedata.combining(c))
+
+
+def mentions(text: str, *names: str) -> bool:
+    """Whether ``text`` names any of ``names``, however a small model or Whisper writes it: case,
+    accents, punctuation, digits and word endings aside ("París." and "Paris's" name "paris")."""
+    said = _folded(text)
+    return any(_folded(name) in said for name in names)
 
 
 def _edit_distance(reference: list[str], hypothesis: list[str]) -> int:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.selam_client import SelamClient
 from tests.server import RunningServer, start_server
 from tests.soca_client import SocaClient
-from voxloop.server.admission import Admission
+from voxloop.service.admission import Admission
 
 KEY = "admission-key"
 
@@ -71,10 +71,12 @@ def test_metrics_export_queue_wait_per_job_kind(server: RunningServer) -> None:
     assert 'voxloop_scheduler_lag_seconds{lane="llm"}' in text
 
 
-def test_lokutor_refused_with_error_then_1013(server: RunningServer, holder: ClientConnection) -> None:
-    first, code = refused(f"{server.ws}/ws/agent?api_key={KEY}")
-    assert first["type"] == "error" and "at capacity" in first["data"], first
-    assert code == 1013
+def test_lokutor_refused_with_http_503(server: RunningServer, holder: ClientConnection) -> None:
+    with pytest.raises(InvalidStatus) as refusal:  # as seed 001 lists it: 503 Service Unavailable
+        connect(f"{server.ws}/ws/agent?api_key={KEY}")
+    assert refusal.value.response.status_code == 503
+    error = json.loads(refusal.value.response.body)["error"]
+    assert error["type"] == "unavailable" and "at capacity" in error["message"], error
 
 
 def test_realtime_refused_with_error_then_1013(server: RunningServer, holder: ClientConnection) -> None:

@@ -46,7 +46,7 @@ async def collect(session: Session, until: type, within_s: float = 60) -> list[e
 
 async def test_typed_turn_streams_text_then_whole_pieces_of_speech(session: Session) -> None:
     session.configure(frame_ms=None)
-    generation = await session.reply("Say hello to Paris in one short sentence.")
+    generation = (await session.reply("Say hello to Paris in one short sentence.")).id
     seen = await collect(session, events.ResponseDone)
     user = [e for e in seen if isinstance(e, events.TranscriptFinal) and e.role == "user"]
     assert user and user[0].text.startswith("Say hello") and user[0].generation == generation
@@ -78,9 +78,9 @@ async def test_interrupt_cuts_the_reply_and_history_keeps_what_was_heard(session
 
 
 async def test_new_text_interrupts_with_reason_new_input(session: Session) -> None:
-    first = await session.reply("Count slowly from one to twenty.")
+    first = (await session.reply("Count slowly from one to twenty.")).id
     await collect(session, events.AudioOut)
-    second = await session.reply("Now just say OK.")
+    second = (await session.reply("Now just say OK.")).id
     seen = await collect(session, events.Interrupted)
     assert seen[-1] == events.Interrupted(first, "new_input")
     rest = await collect(session, events.ResponseDone)
@@ -101,8 +101,8 @@ async def test_speech_while_not_listening_is_ignored(session: Session) -> None:
     session.set_listening(False)
     question = espeak_16k("What is the capital of France?")
     await session.push_audio(float_to_pcm16(np.concatenate([question, np.zeros(16000, np.float32)])))
-    await asyncio.sleep(1.0)
-    assert session.outbox.empty() and session.pending is None
+    # push_audio runs the segmenter inline: once it returns, a turn would have started
+    assert session.outbox.empty() and session.pending is None and not session.segmenter.speaking
     session.set_listening(True)
     await session.push_audio(float_to_pcm16(np.concatenate([question, np.zeros(16000, np.float32)])))
     seen = await collect(session, events.TranscriptFinal)
@@ -111,8 +111,10 @@ async def test_speech_while_not_listening_is_ignored(session: Session) -> None:
 
 async def test_held_output_sends_nothing_until_resumed(session: Session) -> None:
     session.pause_output()
-    await session.reply("Say good morning.")
-    await asyncio.sleep(3.0)
+    reply = (await session.reply("Say good morning.")).response
+    while "tts_first_audio" not in reply.timings:  # noqa: ASYNC110 (audio ready: unheld, it would go out)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # the player takes it and stops at the held output
     queued = []
     while not session.outbox.empty():
         queued.append(session.outbox.get_nowait())

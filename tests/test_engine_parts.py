@@ -115,15 +115,15 @@ def test_echo_guard_removes_delayed_reply_but_keeps_the_user() -> None:
 def test_history_is_bounded_drops_in_halves_and_never_starts_with_a_tool_result() -> None:
     history = History("Be brief.", max_messages=4)
     for i in range(3):
-        history.extend([ChatMessage("user", f"q{i}"), ChatMessage("assistant", f"a{i}")])
+        history.insert([ChatMessage("user", f"q{i}"), ChatMessage("assistant", f"a{i}")])
     messages = history.for_llm("en")
     assert messages[0].role == "system" and "Be brief." in messages[0].content
     assert [m.content for m in messages[1:]] == ["q2", "a2"]  # 6 > 4: the oldest dropped down to 2
     prefix = [m.content for m in history.for_llm("en")]
-    history.extend([ChatMessage("user", "q3"), ChatMessage("assistant", "a3")])
+    history.insert([ChatMessage("user", "q3"), ChatMessage("assistant", "a3")])
     assert [m.content for m in history.for_llm("en")][: len(prefix)] == prefix  # stable prefix: cache hit
     call = ToolCall("c1", "lookup", {})
-    history.extend(
+    history.insert(
         [
             ChatMessage("user", "q4"),
             ChatMessage("assistant", "", tool_calls=[call]),

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.server import RunningServer, start_server
 from tests.speech import espeak_16k
 from voxloop.audio.pcm import float_to_pcm16
-from voxloop.server.auth import KeyCheck
-from voxloop.server.keys import KeyInfo, KeyLimits, KeyStore
-from voxloop.server.limits import Limiter, LimitExceeded
+from voxloop.service.auth import KeyCheck
+from voxloop.service.keys import KeyInfo, KeyLimits, KeyStore
+from voxloop.service.limits import Limiter, LimitExceeded
 
 ORIGIN = "https://app.example"
 
@@ -158,12 +158,11 @@ def test_session_limit_refuses_the_second_session_only(
 ) -> None:
     url = f"{keyed_server.ws}/ws/agent?api_key={keyed['single']}"
     with connect(url) as first:
-        with connect(url) as second:
-            error = json.loads(second.recv(timeout=10))
-            assert error["type"] == "error" and "1 open sessions" in error["data"]
-            with pytest.raises(ConnectionClosed) as closed:
-                second.recv(timeout=10)
-            assert closed.value.rcvd.code == 1013  # try again later
+        with pytest.raises(InvalidStatus) as refused:  # at the handshake: HTTP 429, a JSON body
+            connect(url)
+        assert refused.value.response.status_code == 429
+        error = json.loads(refused.value.response.body)["error"]
+        assert error["type"] == "rate_limited" and "1 open sessions" in error["message"]
         assert prompt_answered(first)
     with connect(url) as again:  # the place is free once the first session closed
         assert prompt_answered(again)
@@ -241,9 +240,9 @@ def test_cors_and_websocket_origins(keyed_server: RunningServer, keyed: dict[str
     )
     assert "access-control-allow-origin" not in evil.headers
     url = f"{keyed_server.ws}/ws/agent?api_key={keyed['plain']}"
-    with connect(url, origin="https://evil.example") as ws:
-        assert "origin not allowed" in json.loads(ws.recv(timeout=10))["data"]
-        with pytest.raises(ConnectionClosed):
-            ws.recv(timeout=5)
+    with pytest.raises(InvalidStatus) as refused:  # Lokutor's sockets refuse at the handshake
+        connect(url, origin="https://evil.example")
+    assert refused.value.response.status_code == 403
+    assert "origin not allowed" in json.loads(refused.value.response.body)["error"]["message"]
     with connect(url, origin=ORIGIN) as ws:
         assert prompt_answered(ws)

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from tests.server import free_port
+from tests.speech import mentions
 from voxloop.backends import workers
-from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, ToolCall, ToolSpec, Usage
 from voxloop.backends.llm.factory import create_llm
 from voxloop.backends.llm.llama import LlamaLlm, ToolCallFilter
 from voxloop.backends.llm.openai_http import OpenAiLlm
@@ -53,9 +54,13 @@ def llama() -> LlamaLlm:
 async def test_answers_with_streamed_deltas(llama: LlamaLlm) -> None:
     question = "What is the capital of France? Answer in one short sentence."
     events = await collect(llama.stream([ChatMessage("system", SYSTEM), ChatMessage("user", question)]))
-    assert all(isinstance(event, TextDelta) for event in events)
-    assert len(events) >= 3, events
-    assert "Paris" in text_of(events)
+    *deltas, usage = events
+    assert all(isinstance(event, TextDelta) for event in deltas)
+    assert len(deltas) >= 3, events
+    assert mentions(text_of(events), "paris")
+    # The stream ends with why it stopped and what it cost (one delta per generated token).
+    assert isinstance(usage, Usage) and usage.finish_reason == "stop", usage
+    assert usage.output_tokens == len(deltas) and usage.input_tokens > 20, usage
 
 
 @pytest.mark.parametrize("how", ["aclose", "cancel"])
@@ -97,6 +102,7 @@ async def test_tool_call_then_answer_from_result(llama: LlamaLlm) -> None:
     assert calls[0].arguments["city"].lower() == "paris"
     assert calls[0].id.startswith("call_")
     assert not text_of(events).strip()  # the call's JSON is not spoken
+    assert isinstance(events[-1], Usage) and events[-1].finish_reason == "tool-calls", events[-1]
 
     messages += [
         ChatMessage("assistant", tool_calls=calls),
@@ -105,7 +111,7 @@ async def test_tool_call_then_answer_from_result(llama: LlamaLlm) -> None:
     events = await collect(llama.stream(messages, [WEATHER], temperature=0.0))
     assert not [event for event in events if isinstance(event, ToolCall)], events
     answer = text_of(events)
-    assert "18" in answer or "rain" in answer.lower(), answer
+    assert mentions(answer, "18", "rain"), answer
 
 
 def test_tool_call_filter_holds_back_only_calls() -> None:
@@ -186,8 +192,10 @@ async def test_openai_backend_streams_from_real_server(llama_server: str) -> Non
         events = await collect(llm.stream([ChatMessage("system", SYSTEM), ChatMessage("user", question)]))
     finally:
         await llm.aclose()
-    assert len(events) >= 3 and all(isinstance(event, TextDelta) for event in events), events
-    assert "Paris" in text_of(events)
+    *deltas, usage = events
+    assert len(deltas) >= 3 and all(isinstance(event, TextDelta) for event in deltas), events
+    assert mentions(text_of(events), "paris")
+    assert isinstance(usage, Usage) and usage.finish_reason == "stop" and usage.output_tokens >= 3, usage
 
 
 Handler = Callable[[asyncio.StreamWriter], Awaitable[None]]

@@ -16,7 +16,15 @@ from websockets.sync.client import connect
 
 from tests.agent_client import AgentClient
 from tests.server import RunningServer
-from tests.speech import espeak_16k
+from tests.speech import (
+    ENGLISH_WORDS,
+    SPANISH_PROMPT,
+    SPANISH_WORDS,
+    character_error_rate,
+    espeak_16k,
+    mentions,
+    normalize_words,
+)
 from voxloop.audio.pcm import float_to_pcm16
 
 RATE = 16000
@@ -69,7 +77,7 @@ def test_spoken_question_gets_a_spoken_answer_and_history(server: RunningServer,
 
     ended, reply = ask(agent, "Which country did I ask about?")
     heard = agent.events("transcript", since=ended - 5)[0]["data"]
-    assert "paris" in reply["data"].lower() or "france" in reply["data"].lower(), (heard, reply)
+    assert mentions(reply["data"], "paris", "france"), (heard, reply)
 
 
 def test_barge_in_stops_audio_and_history_keeps_what_was_heard(server: RunningServer) -> None:
@@ -171,12 +179,11 @@ def test_client_tool_call_round_trip(server: RunningServer, agent: AgentClient) 
     call = agent.wait_for(lambda m: m.get("type") == "tool_call", since=ended, timeout=90)
     assert call["name"] == "get_order_status" and call["call_id"]
     called = time.monotonic()
-    time.sleep(2.0)  # a slow tool: the agent must not leave dead air meanwhile
-    assert agent.audio_between(called).size > 0, "no filler while the tool ran"
+    agent.wait_audio_after(called, timeout=30)  # a slow tool: the agent fills the air meanwhile
     result = {"type": "tool_result", "call_id": call["call_id"], "result": "shipped on Monday"}
     agent.ws.send(json.dumps(result))
     reply = agent.wait_transcript("assistant", since=ended)
-    assert "monday" in reply["data"].lower() or "shipped" in reply["data"].lower(), reply
+    assert mentions(reply["data"], "monday", "shipped"), reply
 
 
 @pytest.mark.parametrize(
@@ -269,12 +276,16 @@ def test_two_sessions_at_once_keep_to_themselves(server: RunningServer) -> None:
 def test_spanish_conversation_switches_stt_llm_and_voice(server: RunningServer) -> None:
     client = AgentClient(f"{server.ws}/ws/agent?api_key={server.api_key}", speed=2.0)
     try:
-        client.configure("Eres un asistente útil. Responde en una frase corta.", voice="F1", language="es")
+        # M2: of eSpeak's Spanish voices the one Whisper base reads best (CER 0.12-0.13; F1 0.6-0.9)
+        client.configure(SPANISH_PROMPT, voice="M2", language="es")
         ended = client.say(
             np.concatenate([espeak_16k("¿Cuál es la capital de Francia?", "es"), np.zeros(1600)])
         )
         client.wait_status("listening", since=ended, timeout=90)
-        assert "francia" in client.wait_transcript("user", since=ended)["data"].lower()
+        assert "francia" in normalize_words(client.wait_transcript("user", since=ended)["data"])
+        reply = client.wait_transcript("assistant", since=ended)["data"]
+        words = set(normalize_words(reply))  # what the 0.5B model knows varies; its language must not
+        assert words & SPANISH_WORDS and not words & ENGLISH_WORDS, reply
         response = httpx.post(
             f"{server.http}/stt/transcribe",
             headers={"X-API-Key": server.api_key},
@@ -286,7 +297,9 @@ def test_spanish_conversation_switches_stt_llm_and_voice(server: RunningServer) 
             },
             timeout=60,
         )
-        spoken = response.json()["text"].lower()
-        assert "francia" in spoken or "parís" in spoken or "paris" in spoken, spoken
+        heard = response.json()
+        # A Spanish voice reads the reply back close to its characters (an English one reading
+        # Spanish would not); Whisper base mishears eSpeak's Spanish word by word, so not words.
+        assert character_error_rate(reply, heard["text"]) < 0.35, (reply, heard)
     finally:
         client.close()

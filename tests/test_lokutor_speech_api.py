@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from lokutor import STTClient, TTSClient
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.server import RunningServer
@@ -148,14 +148,15 @@ def test_tts_bad_input_gets_err_and_connection_survives(
         assert any(isinstance(m, bytes) for m in messages)
 
 
-@pytest.mark.parametrize("path", ["/ws", "/ws/tts", "/ws/stt"])
+@pytest.mark.parametrize("path", ["/ws", "/ws/tts", "/ws/stt", "/ws/agent"])
 def test_websockets_refuse_missing_or_wrong_key(server: RunningServer, path: str) -> None:
+    """Refused at the handshake with HTTP 401 and a JSON body (seed 001), never accepted."""
     for suffix in ("", "?api_key=wrong"):
-        with connect(f"{server.ws}{path}{suffix}") as ws:
-            answer = ws.recv(timeout=10)
-            assert "unauthorized" in answer
-            with pytest.raises(ConnectionClosed):  # the server closes the connection
-                ws.recv(timeout=10)
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{server.ws}{path}{suffix}")
+        response = refused.value.response
+        assert response.status_code == 401
+        assert json.loads(response.body)["error"]["type"] == "unauthorized"
 
 
 def test_sdk_stt_transcribes_human_recordings(server: RunningServer) -> None:

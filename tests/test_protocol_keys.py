@@ -106,10 +106,14 @@ def history(server: RunningServer, session_id: str, key: str, turns: int = 2) ->
         time.sleep(0.2)
 
 
-def revoke(data_dir: Path, key: str) -> float:
+def revoke(data_dir: Path, key: str) -> tuple[float, float]:
+    """Revokes ``key`` with the CLI: (time before it ran, time it returned). The server may notice
+    the revocation, and its error arrive, before a slow CLI process has even exited: events are
+    looked for from the moment before, durations counted from the moment after."""
+    before = time.monotonic()
     revoked = keys_cli(data_dir, "revoke", key.split("_")[1])
     assert revoked.returncode == 0, revoked.stderr
-    return time.monotonic()
+    return before, time.monotonic()
 
 
 # ---- Soca ----------------------------------------------------------------------------------
@@ -132,8 +136,8 @@ def test_soca_history_is_kept_under_the_session_id_and_revocation_ends_the_sessi
     assert "france" in turns[0]["text"].lower() and turns[1]["text"].strip() == answer["text"].strip()
     assert history(keyed_server, start["session_id"], keyed["other"], 0).status_code == 404  # not theirs
 
-    revoked_at = revoke(data_dir, key)
-    error = client.wait_for(lambda m: m["type"] == "error", timeout=10, since=revoked_at)
+    revoking, revoked_at = revoke(data_dir, key)
+    error = client.wait_for(lambda m: m["type"] == "error", timeout=10, since=revoking)
     assert error["message"] == "API key revoked"
     assert client.wait_closed() == 1008 and time.monotonic() - revoked_at < 8
     assert not client.stale
@@ -227,10 +231,10 @@ def test_selam_history_is_kept_under_the_session_id_and_revocation_disconnects(
     assert turns[1]["text"].strip() == end["text"].strip()
     assert history(keyed_server, started["session_id"], keyed["other"], 0).status_code == 404
 
-    revoked_at = revoke(data_dir, key)
-    error = client.wait_error("authentication_error", revoked_at)
+    revoking, revoked_at = revoke(data_dir, key)
+    error = client.wait_error("authentication_error", revoking)
     assert error["message"] == "API key revoked" and error["code"] == "key_revoked"
-    client.wait("disconnect", revoked_at, timeout=5)
+    client.wait("disconnect", revoking, timeout=5)
     assert time.monotonic() - revoked_at < 8
 
 

@@ -14,13 +14,19 @@ import pytest
 
 from tests.selam_client import RATE, SelamClient
 from tests.server import RunningServer
-from tests.speech import character_error_rate, espeak_16k, normalize_words, word_error_rate
+from tests.speech import (
+    ENGLISH_WORDS,
+    SPANISH_PROMPT,
+    SPANISH_WORDS,
+    character_error_rate,
+    espeak_16k,
+    mentions,
+    normalize_words,
+    word_error_rate,
+)
 from voxloop.audio.pcm import float_to_pcm16
 
 PROMPT = "You are a helpful assistant. Answer in one short sentence."
-SPANISH_PROMPT = "Eres un asistente útil. Responde siempre con una frase completa, de unas diez palabras."
-SPANISH = {"es", "el", "la", "los", "las", "de", "del", "en", "un", "una", "que", "y", "capital", "madrid"}
-ENGLISH = {"the", "is", "of", "and", "what", "city"}
 STORY = "You are a storyteller. Tell long, detailed stories of at least ten sentences."
 
 
@@ -103,7 +109,9 @@ def test_pause_resume_interrupt_and_listening(server: RunningServer, client: Sel
     # Unpaused, the next piece would arrive before this one finished playing.
     hold = len(first_audio) / RATE + 2.0
     time.sleep(hold)
-    assert client.events("audio_chunk", paused.at + 0.3) == [], client.summary(paused.at)
+    # The server answers events in order: once it acks this, it has sent all it sent while paused.
+    probe = client.wait_event("control_ack", client.emit("control", {"action": "pause"}))
+    assert client.events("audio_chunk", paused.at + 0.3, probe.at) == [], client.summary(paused.at)
     assert client.events("audio_end", first.at) == []
 
     resumed = client.wait_event("control_ack", client.emit("control", {"action": "resume"}))
@@ -114,18 +122,18 @@ def test_pause_resume_interrupt_and_listening(server: RunningServer, client: Sel
     ack = client.wait_event("control_ack", since, where=lambda d: d["action"] == "interrupt")
     end = client.wait("audio_end", first.at, timeout=10)
     assert end["interrupted"] is True
-    time.sleep(1.0)
-    late = client.events("audio_chunk", ack.at + 0.3)
-    assert late == [], "audio kept coming after the interrupt"
 
     question = espeak_16k("What is two plus two?")
     stop = client.wait_event("control_ack", client.emit("control", {"action": "stop_listening"}))
+    late = client.events("audio_chunk", ack.at + 0.3, stop.at)  # the stop's ack came after them all
+    assert late == [], "audio kept coming after the interrupt"
     client.say(question, silence_s=2.0)
-    assert client.events("transcription", stop.at) == [], client.summary(stop.at)
     start = client.wait_event("control_ack", client.emit("control", {"action": "start_listening"}))
+    # audio is handled in order: the question went by before listening was back on
+    assert client.events("transcription", stop.at, start.at) == [], client.summary(stop.at)
     spoken = client.say(question)
     final = client.wait("transcription", start.at, where=lambda d: d["is_final"])
-    assert "two" in final["text"].lower() or "2" in final["text"]
+    assert "two" in normalize_words(final["text"])  # "2" or "two" alike
     reply_after(client, spoken)
 
 
@@ -135,10 +143,10 @@ def test_spanish_is_detected_and_answered_in_spanish(server: RunningServer, clie
     client.start(voice="onyx", instructions=SPANISH_PROMPT)
     ended = client.say(espeak_16k("Por favor, dime el nombre de la capital de España.", voice="es"))
     final = client.wait("transcription", ended - 5, where=lambda d: d["is_final"])
-    assert final["language"] == "es" and "españa" in final["text"].lower(), final
+    assert final["language"] == "es" and mentions(final["text"], "españa"), final
     _, text, audio, _ = reply_after(client, ended)
     words = set(normalize_words(text))  # what the 0.5B model knows varies; its language must not
-    assert words & SPANISH and not words & ENGLISH, text
+    assert words & SPANISH_WORDS and not words & ENGLISH_WORDS, text
     heard = transcribe(server, audio, language=None)
     assert heard["language"] == "es", heard  # a Spanish voice, not an English one reading Spanish
     # Whisper base mishears eSpeak's Spanish word by word ("Madrid" -> "manin"): compare characters.
@@ -159,18 +167,17 @@ def test_errors_have_the_seed_types_and_the_connection_survives(server: RunningS
         assert refused.events("connected") == []
         refused.close()
 
-    client = SelamClient(server.http, server.api_key, voice="mekdes").connect()
+    client = SelamClient(server.http, server.api_key, voice="nobody").connect()
     other = SelamClient(server.http, server.api_key).connect()
     try:
-        assert "Amharic" in client.wait_error("validation_error", 0)["message"]
+        assert "nobody" in client.wait_error("validation_error", 0)["message"]
         client.wait("connected")  # the connection stays: start_session may name a good voice
 
         checks = [
             ("audio_chunk", {"audio": "AAAA", "format": "pcm16", "sample_rate": 16000}, "session_error"),
             ("control", {"action": "pause"}, "session_error"),
             ("end_session", None, "session_error"),
-            ("start_session", {"voice": "mekdes", "language": "am"}, "validation_error"),
-            ("start_session", {"voice": "ubax"}, "validation_error"),
+            ("start_session", {"voice": "mekdes", "language": "tlh"}, "validation_error"),
             ("start_session", {"voice": "hibari", "language": "es"}, "validation_error"),
             ("start_session", {"voice": "no-such-voice"}, "validation_error"),
             ("start_session", {"voice": "alloy", "vad_threshold": "loud"}, "validation_error"),

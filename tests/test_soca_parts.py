@@ -7,11 +7,13 @@ import asyncio
 
 import pytest
 
+from tests.fakes import FakeBackends
 from voxloop.backends.llm.base import ChatMessage
 from voxloop.config import Settings
+from voxloop.engine.session import Session, SessionConfig
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
-from voxloop.protocols.soca.start import BargeGate, parse_start
-from voxloop.protocols.soca.voice import Outbox, Outgoing, barge_rules
+from voxloop.protocols.soca.start import SOCA_BARGE_IN, barge_rules, parse_start
+from voxloop.protocols.soca.voice import Outbox, Outgoing, SocaVoice
 
 SETTINGS = Settings(_env_file=None)
 
@@ -24,13 +26,11 @@ def test_start_message_defaults_follow_the_soca_docs() -> None:
     parsed = parse_start(start(), SETTINGS)
     assert (parsed.token, parsed.session_id, parsed.sr, parsed.lang) == ("k", "sess_1", 16000, "en")
     assert parsed.partials
-    gate = parsed.barge
-    assert (gate.min_partial_chars, gate.min_partial_words, gate.min_confidence) == (10, 2, 0.30)
-    assert (gate.speech_start_window, gate.barge_cooldown) == (1.5, 0.8)
-    assert gate.filler_words == {"uh", "um", "hmm", "eh", "ah", "ya", "yah"}
-    rules = barge_rules(gate)
+    rules = parsed.barge  # the engine's barge-in rules, set by the Soca gate's documented values
     assert (rules.min_chars, rules.min_words, rules.min_confidence) == (10, 2, 0.30)
-    assert (rules.window_s, rules.cooldown_s, rules.filler_words) == (1.5, 0.8, gate.filler_words)
+    assert (rules.window_s, rules.cooldown_s) == (1.5, 0.8) and rules.enabled
+    assert rules.filler_words == {"uh", "um", "hmm", "eh", "ah", "ya", "yah"}
+    assert rules == SOCA_BARGE_IN
 
 
 def test_start_message_aliases_and_overrides() -> None:
@@ -39,8 +39,8 @@ def test_start_message_aliases_and_overrides() -> None:
     assert (parsed.token, parsed.lang, parsed.sr) == ("p", "en", 48000)
     assert parse_start(start(private_key="p"), SETTINGS).token == "k"  # token wins when both come
     assert parse_start(start(token=None), SETTINGS).token is None  # an open server accepts none
-    gate = parsed.barge
-    assert (gate.min_partial_words, gate.barge_cooldown, gate.min_partial_chars) == (3, 2, 10)
+    rules = parsed.barge
+    assert (rules.min_words, rules.cooldown_s, rules.min_chars) == (3, 2, 10)
 
 
 @pytest.mark.parametrize(
@@ -76,9 +76,9 @@ def test_server_settings_set_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOXLOOP_SOCA_MIN_PARTIAL_CHARS", "4")
     monkeypatch.setenv("VOXLOOP_SOCA_BARGE_COOLDOWN_S", "3.5")
     monkeypatch.setenv("VOXLOOP_SOCA_FILLER_WORDS", "um, erm")
-    gate = BargeGate.from_settings(Settings())
-    assert (gate.min_partial_chars, gate.barge_cooldown, gate.filler_words) == (4, 3.5, {"um", "erm"})
-    assert parse_start(start(), Settings()).barge == gate
+    rules = barge_rules(Settings())
+    assert (rules.min_chars, rules.cooldown_s, rules.filler_words) == (4, 3.5, {"um", "erm"})
+    assert parse_start(start(), Settings()).barge == rules
 
 
 def test_resume_store_expires_bounds_and_keeps_owners_apart() -> None:
@@ -111,3 +111,25 @@ def test_outbox_drops_older_seqs_and_bounds_its_size() -> None:
         return [(await outbox.get()).seq for _ in range(2)]
 
     assert asyncio.run(scenario()) == [2, 3]
+
+
+async def test_each_reply_gets_the_next_seq_on_its_handle_and_a_barge_announces_it() -> None:
+    session = Session(FakeBackends(), SessionConfig(input_rate=16000, output_rate=16000))  # type: ignore[arg-type]
+    voice = SocaVoice(None, session, parse_start(start(), SETTINGS))  # type: ignore[arg-type]
+    try:
+        first = await session.reply("tell me a story")
+        assert voice.seq_of(first.id) == voice.seq_of(first.id) == 1 and first.tag == 1
+        await voice.barge(first.id, "barge_in")  # the user's words cut it: seq 2 is announced
+        assert (voice.seq, voice.floor) == (2, 2)
+        barge = [item.message for item in voice.outbox.items if item.message["type"] == "barge"]
+        assert barge == [{"type": "barge", "reason": "content_partial"}]
+        second = await session.reply("something else")
+        assert voice.seq_of(second.id) == 2  # the reply takes the seq the barge announced
+        assert voice.seq_of(first.id) < voice.floor  # a late event of the cut reply is stale
+        await voice.barge(first.id, "barge_in")  # a superseded reply announces nothing
+        assert voice.seq == 2
+        await second.wait()
+        third = await session.reply("and now")
+        assert voice.seq_of(third.id) == 3
+    finally:
+        await session.close()

@@ -19,11 +19,16 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from voxloop.server.app import create_app
+    from voxloop.server.http_timeouts import with_header_timeout
     from voxloop.server.redact import redact_uvicorn_logs
 
     settings = Settings()
     redact_uvicorn_logs()
     app = create_app(settings)
+    if settings.metrics_port:  # kept off the public address: a thread of prometheus_client's own
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, settings.metrics_host)
 
     class DrainingServer(uvicorn.Server):
         """On SIGTERM/SIGINT: stop accepting, tell open sessions (1001) and let them close, and only
@@ -40,9 +45,10 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=args.log_level,
+        http=with_header_timeout(settings.header_timeout_s),  # slowloris
         ws_max_size=settings.max_message_bytes,  # uvicorn closes with 1009 above it
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+        ws_ping_interval=10,  # a dead or half-open peer is closed within ~20 s, and its slot freed
+        ws_ping_timeout=10,
         timeout_graceful_shutdown=settings.drain_timeout_s + 5,
     )
     # uvicorn re-raises the SIGTERM it drained for once it is done; by then the shutdown was clean,
@@ -53,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    from voxloop.server.keys import KeyStore
+    from voxloop.service.keys import KeyStore
 
     store = KeyStore(Settings().keys_path)
     if args.action == "create":

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     keys_db: Path | None = Field(None, description="API key store; default <data_dir>/keys.db.")
     history_db: Path | None = Field(None, description="Conversation history; default <data_dir>/history.db.")
     history_enabled: bool = True
+    header_timeout_s: float = Field(10, gt=0, description="Time a request has to send its headers.")
+    metrics_require_key: bool = Field(False, description="GET /metrics needs an API key.")
+    metrics_port: int = Field(0, ge=0, description="Serve /metrics on this port instead (0: main port).")
+    metrics_host: str = Field("127.0.0.1", description="Address of the separate metrics port.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Browser origins allowed (CORS, WebSocket Origin); empty: no CORS, any origin.",
@@ -96,6 +100,9 @@ class Settings(BaseSettings):
     llm_max_tokens: int = 256
     llm_temperature: float = 0.6
     llm_cache_mb: int = 256  # conversations' evaluated prompts kept while others use the model
+    spoken_style: bool = Field(
+        True, description="Append a 'short, plain spoken sentences' instruction to every prompt."
+    )
     server_tools: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Built-in server-side tools to offer the LLM, e.g. get_current_time.",

@@ -79,6 +79,12 @@ def decode_audio(data: bytes, format_hint: str | None = None, rate: int = 16000)
 
 def encode_mp3(pcm16: bytes, sample_rate: int, bitrate: int = 64000) -> bytes:
     """One self-contained MP3 (plays on its own, e.g. in an <audio> element) from S16LE mono."""
+    return encode_mp3_timed(pcm16, sample_rate, bitrate)[0]
+
+
+def encode_mp3_timed(pcm16: bytes, sample_rate: int, bitrate: int = 64000) -> tuple[bytes, float]:
+    """The MP3 and how long a player that ignores the encoder's gapless info plays it: every
+    frame, padding included (the upper bound: gapless players stop a few frames sooner)."""
     if sample_rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
         audio = resample(pcm16_to_float(pcm16), sample_rate, 24000)
         pcm16, sample_rate = float_to_pcm16(audio), 24000
@@ -89,11 +95,12 @@ def encode_mp3(pcm16: bytes, sample_rate: int, bitrate: int = 64000) -> bytes:
         samples = np.frombuffer(pcm16, dtype="<i2").reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
         frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
+        frames = 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return out.getvalue()
+            frames += 1
+        seconds = frames * stream.codec_context.frame_size / sample_rate
+    return out.getvalue(), seconds
 
 
 # ---- G.711 (ITU-T), as OpenAI Realtime's g711_ulaw / g711_alaw at 8 kHz ----------------------

@@ -45,6 +45,8 @@ class TranscriptFinal:
     generation: int
     interrupted: bool = False  # assistant only: the text is what was actually played
     language: str = ""  # the language the user spoke (user) or the reply is in (assistant)
+    # The history message holding the text (History.find / truncate / delete); "" when none.
+    message_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,16 @@ class ResponseDone:
 
 
 @dataclass(frozen=True)
+class LlmUsage:
+    """One LLM request of a reply finished (a reply with tool calls makes several)."""
+
+    finish_reason: str  # "stop", "length", "tool-calls", ...
+    input_tokens: int
+    output_tokens: int
+    generation: int
+
+
+@dataclass(frozen=True)
 class TurnMetrics:
     """Per-turn latencies in seconds, measured from the end of the user's speech."""
 
@@ -154,5 +166,6 @@ Event = (
     | Interrupted
     | ResponseDone
     | TurnMetrics
+    | LlmUsage
     | Error
 )

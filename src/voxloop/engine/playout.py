@@ -44,15 +44,21 @@ class Playout:
     def add_text(self, start: float, end: float, text: str) -> None:
         self.spans.append(Span(start, end, text))
 
-    def heard_text(self, now: float | None = None) -> str:
-        """The words the user heard: whole pieces played, plus the played share of the current one."""
-        played = self.played_s(now)
-        words: list[str] = []
-        for span in self.spans:
-            if played >= span.end:
-                words.extend(span.text.split())
-            elif played > span.start:
-                piece = span.text.split()
-                share = (played - span.start) / max(span.end - span.start, 1e-6)
-                words.extend(piece[: int(len(piece) * share)])
-        return " ".join(words)
+    def heard_text(self, now: float | None = None, played_s: float | None = None) -> str:
+        """The words the user heard by ``now``, or by ``played_s`` into the reply when the client
+        says how far it played (Realtime's ``audio_end_ms``)."""
+        return heard_text(self.spans, self.played_s(now) if played_s is None else played_s)
+
+
+def heard_text(spans: list[Span], played_s: float) -> str:
+    """Words spoken in the first ``played_s`` of reply audio: whole pieces played, plus the played
+    share of the current one."""
+    words: list[str] = []
+    for span in spans:
+        if played_s >= span.end:
+            words.extend(span.text.split())
+        elif played_s > span.start:
+            piece = span.text.split()
+            share = (played_s - span.start) / max(span.end - span.start, 1e-6)
+            words.extend(piece[: int(len(piece) * share)])
+    return " ".join(words)

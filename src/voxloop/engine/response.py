@@ -17,7 +17,15 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 from voxloop.backends import workers
-from voxloop.backends.llm.base import ChatMessage, LlmError, ReasoningDelta, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.llm.base import (
+    ChatMessage,
+    LlmError,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from voxloop.backends.registry import Backends
 from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import RenderedSpeech, speak
@@ -26,13 +34,12 @@ from voxloop.engine.chunker import SpeechChunker
 from voxloop.engine.echo import RATE as ECHO_RATE
 from voxloop.engine.history import History
 from voxloop.engine.playout import LEAD_S, Playout
-from voxloop.engine.tools import ToolRegistry
+from voxloop.engine.tools import ToolRegistry, filler_for
 
 log = logging.getLogger(__name__)
 
 MAX_TOOL_ROUNDS = 4
 FILLER_AFTER_S = 1.0  # a tool running longer than this gets a spoken filler: no dead air
-FILLER = "One moment, please."
 CLIENT_TOOL_TIMEOUT_S = 30.0
 DUE_MARGIN_S = 0.5  # the next piece's LLM text and synthesis take about this under load
 
@@ -151,6 +158,12 @@ class Response:
                             await self.send(events.TextDelta(item.text, self.generation))
                             for piece in chunker.push(item.text):
                                 self._pieces.put_nowait(piece)
+                        elif isinstance(item, Usage):
+                            await self.send(
+                                events.LlmUsage(
+                                    item.finish_reason, item.input_tokens, item.output_tokens, self.generation
+                                )
+                            )
                         else:
                             calls.append(item)
                 for piece in chunker.flush():
@@ -184,7 +197,7 @@ class Response:
             done, _ = await asyncio.wait({job}, timeout=FILLER_AFTER_S)
             if not done and not self._filler_spoken and setup.tool_filler:
                 self._filler_spoken = True
-                self._pieces.put_nowait(FILLER)
+                self._pieces.put_nowait(filler_for(setup.language))
             result = await job
         finally:
             job.cancel()  # an interrupted reply does not keep its tools running

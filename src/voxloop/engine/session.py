@@ -1,19 +1,17 @@
-"""A spoken conversation: turn-taking, speculation, barge-in, echo guard, history and tools.
+"""A spoken conversation: the front that protocols use.
 
 Protocols feed it audio and configuration and forward its canonical events (``next_event``).
 The session clock is samples received; wall time paces reply audio and fills the silence of
 clients that stop sending audio between utterances.
 
-Turn-taking: once the user has been silent for ``speculate_after_s`` the utterance is
-transcribed and a reply is prepared (LLM and TTS) while the VAD hangover runs; if the user goes
-on, that work is thrown away, otherwise it is released the moment the hangover ends.
-
-Barge-in: speech during a reply pauses the audio at once; if the speech turns out to hold words
-that qualify under ``BargeInRules`` the reply is interrupted (history keeps what was heard),
-otherwise it resumes where it stopped.
+The work is split three ways: ``TurnTaker`` (engine/turns.py) cuts the microphone into turns,
+speculates and decides barge-ins; ``Player`` (engine/player.py) sends reply audio at the pace it
+is heard; the session holds the replies (each a ``ReplyHandle``), the history, tools, language and
+the outbox of events, and its tasks live in one ``SessionTasks``.
 
 Besides the microphone, protocols may start turns themselves (``reply``: typed text, a decoded
-clip, or a manual ``response.create``), interrupt, stop listening and hold the reply audio.
+clip, or a manual ``response.create``; ``audio_turn`` for a whole utterance), interrupt, stop
+listening and hold the reply audio.
 """
 
 from __future__ import annotations
@@ -29,33 +27,34 @@ from typing import Any
 
 import numpy as np
 
-from voxloop.audio.pcm import StreamResampler, pcm16_to_float
+from voxloop.audio.pcm import StreamResampler, pcm16_to_float, resample
 from voxloop.backends import workers
 from voxloop.backends.llm.base import ChatMessage, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
-from voxloop.backends.scheduler import JobKind, Shed
+from voxloop.backends.scheduler import JobKind
 from voxloop.backends.stt.base import Transcript
-from voxloop.backends.tts.stream import frames
-from voxloop.backends.tts.visemes import visemes_for
 from voxloop.backends.tts.voices import UnknownLanguage
 from voxloop.engine import events
-from voxloop.engine.barge_in import FILLERS, BargeInRules, meaningful_words
+from voxloop.engine.barge_in import FILLERS, BargeInRules
 from voxloop.engine.echo import RATE as VAD_RATE  # one 16 kHz clock: VAD, echo guard, STT
 from voxloop.engine.echo import EchoGuard
 from voxloop.engine.history import History
+from voxloop.engine.player import Player
+from voxloop.engine.reply import ReplyHandle, Source
 from voxloop.engine.response import CLIENT_TOOL_TIMEOUT_S, Response, TurnSetup
-from voxloop.engine.segmenter import SegmenterConfig, SpeechEnded, SpeechStarted, UtteranceSegmenter
+from voxloop.engine.segmenter import SegmenterConfig, UtteranceSegmenter
+from voxloop.engine.tasks import SessionTasks
 from voxloop.engine.tools import ToolRegistry
-from voxloop.server.metrics import INTERRUPTIONS, TURN_LATENCY
+from voxloop.engine.turns import PendingTurn, TurnTaker
+from voxloop.service.metrics import INTERRUPTIONS, TURN_LATENCY
 
 log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 512  # events waiting for a slow client
 CLIENT_STALL_S = 10.0  # a client that reads nothing for this long is dropped
 AUDIO_SLICE = 2048  # input is processed in slices, so a huge frame cannot wrap the echo rings
-IDLE_TICK_S = 0.1  # how often a client's silence (no audio sent at all) is checked
-IDLE_GAP_S = 0.3  # no audio for this long means the client stopped sending, not network jitter
 MAX_IMAGES = 4  # visual context frames given with a user message
+KEEP_DONE_REPLIES = 8  # finished replies whose handles stay findable by id (late lookups)
 SAME_LANGUAGE_CONFIDENCE = 0.45  # below this, a transcript in the last language is re-detected
 
 
@@ -86,18 +85,10 @@ class SessionConfig:
     filler_words: frozenset[str] = FILLERS
 
 
-@dataclass
-class PendingTurn:
-    """A user utterance being turned into a reply; ``committed`` once the user is really done."""
-
-    audio: np.ndarray
-    audio_end: int  # segmenter position when it was cut
-    speech_end: float  # monotonic time of the last voiced audio
-    committed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-
 class Session:
+    """The front of a conversation: protocols configure it, feed it audio and turns, and read its
+    events. Turn-taking lives in ``turns`` (TurnTaker), reply audio in ``player`` (Player)."""
+
     def __init__(
         self, backends: Backends, config: SessionConfig | None = None, tools: ToolRegistry | None = None
     ) -> None:
@@ -108,31 +99,32 @@ class Session:
         self.voice = backends.speaker.resolve(self.config.voice, self.config.language)
         self.echo = EchoGuard()
         vad = backends.vad
-        self.segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
+        segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
+        self.turns = TurnTaker(self, segmenter)
         self.resampler = StreamResampler(self.config.input_rate, VAD_RATE)
         self.outbox: asyncio.Queue[events.Event] = asyncio.Queue(OUTBOX_SIZE)
         self.stalled = asyncio.Event()  # set when the client stopped reading: the protocol hangs up
         self.generation = 0
         self.oldest_live_generation = 0  # events of older generations are dropped
         self.current: Response | None = None  # the released reply, playing or paused
-        self.player: asyncio.Task[None] | None = None
-        self.pending: PendingTurn | None = None
-        self.barge_check: asyncio.Task[None] | None = None
-        self.partial: asyncio.Task[None] | None = None
-        self.partial_at = 0  # segmenter position of the last partial transcript
-        self.barge_checked_at = 0
-        self.paused_at = 0  # segmenter position where the current reply was paused
-        self.last_voiced_at = time.monotonic()
-        self.last_audio_at = time.monotonic()
-        self.last_barge_at = -float("inf")
+        self.player = Player(self.emit, self.echo, lambda: self.config.visemes)
+        self.playing: asyncio.Task[None] | None = None  # the player's task for ``current``
+        self.tasks = SessionTasks(self._task_failed)
         self.listening = True
-        self.output_open = asyncio.Event()  # cleared while the client holds reply audio
-        self.output_open.set()
         self.images: list[str] = []
         self.spoken_language = ""  # what the user spoke last (detect_language)
-        self.tool_waiters: dict[str, asyncio.Future[str]] = {}
+        self.replies: dict[int, ReplyHandle] = {}  # live replies and the last few finished ones
+        self.tool_waiters: dict[str, tuple[ReplyHandle, asyncio.Future[str]]] = {}  # by call_id
         self.closed = False
-        self.idle_watch = self._spawn(self._fill_silence())
+        self.idle_watch = self._spawn(self.turns.fill_silence())
+
+    @property
+    def segmenter(self) -> UtteranceSegmenter:
+        return self.turns.segmenter
+
+    @property
+    def pending(self) -> PendingTurn | None:
+        return self.turns.pending
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -159,39 +151,83 @@ class Session:
             self.resampler = StreamResampler(config.input_rate, VAD_RATE)
         if "turn" in changes:
             vad = self.backends.vad
-            self.segmenter = UtteranceSegmenter(self.segmenter.vad, vad.frame_samples, config.turn, VAD_RATE)
+            vad_stream = self.segmenter.vad
+            self.turns.segmenter = UtteranceSegmenter(vad_stream, vad.frame_samples, config.turn, VAD_RATE)
 
     # ---- input ---------------------------------------------------------------------------
 
     async def push_audio(self, pcm: bytes) -> None:
         """Microphone audio, S16LE mono at ``config.input_rate``."""
-        self.last_audio_at = time.monotonic()
+        self.turns.last_audio_at = time.monotonic()
         samples = self.resampler.process(pcm16_to_float(pcm))
         for start in range(0, len(samples), AUDIO_SLICE):
             cleaned = self.echo.process(samples[start : start + AUDIO_SLICE])
             if self.listening:
-                await self._consume(cleaned)
+                await self.turns.consume(cleaned)
 
-    async def reply(self, text: str | None) -> int:
+    async def reply(self, text: str | None, tag: Any = None, language: str = "") -> ReplyHandle:
         """A turn that did not come from the microphone: typed text, a decoded clip, or (None) a
-        reply to the history as it stands. Cuts whatever is playing; returns the generation."""
-        self._drop_pending()
+        reply to the history as it stands. Cuts whatever is playing. ``tag`` is the protocol's
+        state for the reply, on its handle before the reply's first event goes out; ``language``
+        what the user spoke, when an audio turn detected it."""
+        self.turns.drop_pending()
         if self.current is not None:
             await self._interrupt(self.current, "new_input")
+        reply = self._new_reply(text, "text" if text is not None else "manual", time.monotonic())
+        reply.tag, reply.response.user_language = tag, language
+        await self._release(reply.response)
+        return reply
+
+    def handle(self, reply_id: int) -> ReplyHandle | None:
+        """The reply with this id (an event's ``generation``); None once long forgotten."""
+        return self.replies.get(reply_id)
+
+    def waiting_reply(self, call_id: str) -> ReplyHandle | None:
+        """The reply waiting for the client's result of tool call ``call_id``, if one is."""
+        waiting = self.tool_waiters.get(call_id)
+        return waiting[0] if waiting is not None else None
+
+    def _new_reply(self, text: str | None, source: Source, speech_end: float) -> ReplyHandle:
         self.generation += 1
-        response = Response(self.generation, text, self._setup(), self.emit, time.monotonic())
+        response = Response(self.generation, text, self._setup(), self.emit, speech_end)
+        reply = ReplyHandle(response, source, self._cut)
+        self.replies[reply.id] = reply
+        finished = [old for old in self.replies.values() if old.done()]
+        for old in finished[:-KEEP_DONE_REPLIES]:
+            del self.replies[old.id]
         response.start()
-        await self._release(response)
-        return response.generation
+        return reply
+
+    async def _cut(self, reply: ReplyHandle, reason: str) -> None:
+        if self.current is reply.response:
+            await self._interrupt(reply.response, reason)
+        elif self.turns.pending is not None and self.turns.pending.reply is reply:
+            self.turns.drop_pending()
+
+    def _discard(self, response: Response) -> None:
+        """A reply that never went out (speculation thrown away, or the session closed)."""
+        if (reply := self.replies.get(response.generation)) is not None:
+            reply.finish("", interrupted=True, reason="discarded")
+
+    async def audio_turn(self, audio: np.ndarray | bytes, rate: int = VAD_RATE) -> Transcript | None:
+        """A whole utterance from outside the microphone stream (a committed buffer, a clip), taken
+        as a microphone turn is: transcribed, None unless it holds words (fillers aside), and with
+        detect_language and follow_language the reply follows its language. The caller answers it
+        (``reply(text, language=...)``) or files it (``add_message``)."""
+        transcript = await self.transcribe(audio, rate)
+        if not self.turns.has_words(transcript.text):
+            return None
+        self._heard_language(transcript.language)
+        return transcript
 
     def add_message(self, role: str, text: str) -> ChatMessage:
         """A message for the context without a reply (a client-side conversation item)."""
         message = ChatMessage(role, text)
-        self.history.extend([message])
+        self.history.insert([message])
         return message
 
     async def interrupt(self, reason: str = "client") -> None:
-        self._drop_pending()
+        self.turns.drop_pending()
         if self.current is not None:
             await self._interrupt(self.current, reason)
 
@@ -199,56 +235,23 @@ class Session:
         """Off: the microphone is ignored (the utterance under way is dropped)."""
         self.listening = on
         if not on:
-            self._drop_pending()
-            self.segmenter.reset()
+            self.turns.stop_listening()
 
     def pause_output(self) -> None:
-        self.output_open.clear()
+        self.player.hold()
 
     def resume_output(self) -> None:
-        self.output_open.set()
+        self.player.release()
 
     def set_images(self, images: list[str]) -> None:
         """Visual context (data URLs) for the next user message, if the LLM accepts images."""
         self.images = list(images[-MAX_IMAGES:]) if self.backends.llm.accepts_images else []
 
-    async def _fill_silence(self) -> None:
-        """Clients may stop sending audio between utterances (Lokutor's docs advise it): their
-        silence counts as silence, so turns still end and the echo guard's clock keeps time."""
-        while True:
-            await asyncio.sleep(IDLE_TICK_S)
-            gap = time.monotonic() - self.last_audio_at
-            if gap < IDLE_GAP_S:
-                continue
-            self.last_audio_at += gap
-            samples = int(gap * VAD_RATE)
-            self.echo.skip(samples)
-            if self.segmenter.speaking:
-                await self._consume(np.zeros(samples, dtype=np.float32))
-
-    async def _consume(self, samples: np.ndarray) -> None:
-        now = time.monotonic()
-        for event in self.segmenter.push(samples):
-            if isinstance(event, SpeechStarted):
-                await self._on_speech_started(event)
-            elif isinstance(event, SpeechEnded):
-                await self._on_speech_ended(event)
-        if not self.segmenter.speaking:
-            return
-        silence = self.segmenter.trailing_silence_s
-        if silence == 0.0:
-            self.last_voiced_at = now
-            if self.pending is not None and not self.pending.committed.is_set():
-                self._drop_pending()  # the user went on: throw the speculative reply away
-        elif silence >= self.config.speculate_after_s and self.pending is None:
-            self._start_turn(self.segmenter.utterance_audio(), committed=False)
-        self._watch_barge_in()
-        self._maybe_partial()
-
     async def submit_tool_result(self, call_id: str, result: str) -> None:
-        waiter = self.tool_waiters.pop(call_id, None)
-        if waiter is None:
+        waiting = self.tool_waiters.pop(call_id, None)
+        if waiting is None:
             raise ValueError(f"no tool call is waiting for call_id {call_id!r}")
+        waiter = waiting[1]
         if not waiter.done():
             waiter.set_result(result)
 
@@ -276,160 +279,40 @@ class Session:
 
     async def close(self) -> None:
         self.closed = True
-        self.output_open.set()
-        self._drop_pending()
+        self.player.release()
+        self.turns.drop_pending()
         if self.current is not None:
             await self.current.cancel()
-        for task in (self.player, self.barge_check, self.partial, self.idle_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        for reply in self.replies.values():
+            reply.finish(reply.heard if reply.released else "", interrupted=True, reason="closed")
+        await self.tasks.close()
         self.segmenter.vad.close()  # hands the VAD engine back to the pool
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A session task whose failure is logged and reported instead of vanishing."""
-        task = asyncio.create_task(coroutine)
-        task.add_done_callback(self._check_task)
-        return task
+        return self.tasks.spawn(coroutine)
 
-    def _check_task(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("session task failed", exc_info=task.exception())
-        if task is self.player and self.current is not None:
+    def _task_failed(self, task: asyncio.Task[None], exc: BaseException) -> None:
+        if task is self.playing and self.current is not None:
             self.current = None  # a dead player must not leave the session "speaking" forever
         if not self.closed and not self.outbox.full():
-            self.outbox.put_nowait(events.Error(f"internal error: {task.exception()}"))
+            self.outbox.put_nowait(events.Error(f"internal error: {exc}"))
 
-    # ---- turn-taking ---------------------------------------------------------------------
-
-    async def _on_speech_started(self, event: SpeechStarted) -> None:
-        await self.emit(events.SpeechStarted(event.at_sample / VAD_RATE))
-        if self.current is not None and self.config.barge_in.enabled:
-            self._pause(self.current)  # words will confirm the barge-in
-        else:
-            await self.emit(events.StatusChanged("listening", self.generation))
-
-    async def _on_speech_ended(self, event: SpeechEnded) -> None:
-        await self.emit(events.SpeechStopped(event.at_sample / VAD_RATE))
-        pending = self.pending
-        if pending is not None and not pending.committed.is_set() and pending.audio_end >= event.at_sample:
-            pending.committed.set()  # speculation covered everything the user said
-            return
-        audio = event.audio
-        if pending is not None and pending.committed.is_set():
-            audio = np.concatenate([pending.audio, audio])  # one thought in two breaths: answer both
-        self._drop_pending()
-        self._start_turn(audio, committed=True)
-
-    def _start_turn(self, audio: np.ndarray, committed: bool) -> None:
-        pending = PendingTurn(audio, self.segmenter.position, self.last_voiced_at)
-        if committed:
-            pending.committed.set()
-        pending.task = self._spawn(self._turn(pending))
-        self.pending = pending
-
-    def _drop_pending(self) -> None:
-        if self.pending is not None and self.pending.task is not None:
-            self.pending.task.cancel()
-        self.pending = None
-
-    async def _turn(self, pending: PendingTurn) -> None:
-        response: Response | None = None
-        try:
-            transcript = await self._transcribe_turn(pending)
-            text = transcript.text
-            stt_done = time.monotonic() - pending.speech_end
-            # Any reply still playing (paused or not: a late transcript may come after the barge-in
-            # window let it resume) is cut only by words that pass the barge-in rules.
-            over_reply = self.current is not None and self.config.barge_in.enabled
-            if not self._has_words(text) or (over_reply and not self._may_barge(transcript)):
-                await pending.committed.wait()
-                if self.current is not None and not self.segmenter.speaking:
-                    self.current.resumed.set()  # a cough, a slam or an "um": the reply goes on
-                return
-            if over_reply and self.current is not None:
-                await self._interrupt(self.current, "barge_in")  # words over the reply
-            self.spoken_language = transcript.language or self.spoken_language
-            self._follow_language(transcript.language)
-            if not self.config.auto_reply:
-                await pending.committed.wait()
-                await self.emit(
-                    events.TranscriptFinal(
-                        "user", text.strip(), self.generation, language=transcript.language
-                    )
-                )
-                self.add_message("user", text.strip())
-                return
-            self.generation += 1
-            response = Response(self.generation, text.strip(), self._setup(), self.emit, pending.speech_end)
-            response.user_language = transcript.language
-            response.timings["stt_final"] = stt_done
-            response.start()
-            await pending.committed.wait()
-            if self.pending is pending:
-                self.pending = None  # released replies belong to the session, not the turn
-            await self._release(response)
-            response = None
-        except asyncio.CancelledError:
-            if response is not None:
-                await response.cancel()
-            raise
-        except Exception as exc:
-            log.exception("turn failed")
-            if self.current is not None and not self.segmenter.speaking:
-                self.current.resumed.set()
-            await self.emit(events.Error(f"turn failed: {exc}"))
-        finally:
-            if self.pending is pending:
-                self.pending = None
-
-    async def _transcribe_turn(self, pending: PendingTurn) -> Transcript:
-        if pending.committed.is_set():
-            return await self.transcribe(pending.audio)
-        try:
-            return await self.transcribe(pending.audio, JobKind.STT_SPECULATIVE)
-        except Shed:  # the speech lane is behind: transcribe once, when the user has finished
-            await pending.committed.wait()
-            return await self.transcribe(pending.audio)
-
-    def _maybe_partial(self) -> None:
-        if not self.config.partials or self.partial is not None or self.pending is not None:
-            return  # a turn under way transcribes the same audio anyway
-        position = self.segmenter.position
-        if position - self.partial_at < self.config.partial_every_s * VAD_RATE:
-            return
-        self.partial_at = position
-        self.partial = self._spawn(self._send_partial(self.segmenter.utterance_audio()))
-
-    async def _send_partial(self, audio: np.ndarray) -> None:
-        try:
-            transcript = await self.transcribe(audio, JobKind.STT_PARTIAL)
-            text = transcript.text.strip()
-            if text and self.segmenter.speaking:
-                await self.emit(events.TranscriptPartial(text, transcript.confidence))
-        except Shed:
-            pass  # the speech lane is behind: no partial this time
-        finally:
-            self.partial = None
-
-    def _has_words(self, text: str) -> bool:
-        return len(meaningful_words(text, self.config.filler_words)) >= self.config.min_words
-
-    def _may_barge(self, transcript: Transcript) -> bool:
-        rules = self.config.barge_in
-        cooled = time.monotonic() - self.last_barge_at >= rules.cooldown_s
-        return rules.enabled and cooled and rules.qualifies(transcript)
-
-    async def transcribe(self, audio: np.ndarray, kind: JobKind = JobKind.STT_FINAL) -> Transcript:
-        """16 kHz float32 audio -> text, in the session's language or, with detect_language, any.
+    async def transcribe(
+        self, audio: np.ndarray | bytes, rate: int = VAD_RATE, kind: JobKind = JobKind.STT_FINAL
+    ) -> Transcript:
+        """Audio (float32 samples, or S16LE bytes) at ``rate`` -> text, in the session's language or,
+        with detect_language, any.
 
         Detection costs a multilingual model and an extra pass (1.2 s against 0.34 s for English on
         2 cores), and people mostly keep to one language: the language heard last is tried first,
         and only a transcript the model is unsure of (another language reads at confidence ~0.2,
         the right one at ~0.6) is transcribed again with detection."""
         config, stt = self.config, self.backends.stt
+        if isinstance(audio, bytes):
+            audio = pcm16_to_float(audio)
+        if rate != VAD_RATE:
+            audio = resample(audio, rate, VAD_RATE)
         if audio.size == 0:
             return Transcript("", config.language, 0.0, confidence=0.0)
         run = lambda language: workers.run_in(  # noqa: E731
@@ -441,6 +324,10 @@ class Session:
         if guess.text and guess.confidence >= SAME_LANGUAGE_CONFIDENCE:
             return guess
         return await run(None)
+
+    def _heard_language(self, spoken: str) -> None:
+        self.spoken_language = spoken or self.spoken_language
+        self._follow_language(spoken)
 
     def _follow_language(self, spoken: str) -> None:
         """With detect_language and follow_language the reply (voice included) follows the user."""
@@ -474,118 +361,68 @@ class Session:
         )
 
     async def _release(self, response: Response) -> None:
-        if self.current is not None and not self.config.barge_in.enabled and self.player is not None:
+        if self.current is not None and not self.config.barge_in.enabled and self.playing is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(self.player)  # no barge-in: the new reply waits its turn
+                await asyncio.shield(self.playing)  # no barge-in: the new reply waits its turn
         if self.current is not None:
             await self._interrupt(self.current, "new_input")
         if self.closed:  # closed while we waited: nothing may keep this reply running
             await response.cancel()
+            self._discard(response)
             return
         self.current = response
+        if (reply := self.replies.get(response.generation)) is not None:
+            reply.released = True
         self.oldest_live_generation = response.generation
         if self.segmenter.speaking and self.config.barge_in.enabled:
-            self._pause(response)  # the user is talking again: do not talk over them
+            self.turns.pause(response)  # the user is talking again: do not talk over them
         if response.user_text is not None:
             await self.emit(
                 events.TranscriptFinal(
-                    "user", response.user_text, response.generation, language=response.user_language
+                    "user",
+                    response.user_text,
+                    response.generation,
+                    language=response.user_language,
+                    message_id=response.asked[0].id,
                 )
             )
         await self.emit(events.StatusChanged("thinking", response.generation))
         await response.release()
-        self.player = self._spawn(self._play(response))
-
-    # ---- barge-in ------------------------------------------------------------------------
-
-    def _pause(self, response: Response) -> None:
-        response.resumed.clear()
-        self.paused_at = self.barge_checked_at = self.segmenter.position
-
-    def _watch_barge_in(self) -> None:
-        current = self.current
-        if current is None or current.resumed.is_set() or self.barge_check is not None:
-            return
-        position, rules = self.segmenter.position, self.config.barge_in
-        if position - self.paused_at > rules.window_s * VAD_RATE:
-            current.resumed.set()  # long speech with no qualifying words: not an interruption
-            return
-        if position - self.barge_checked_at < rules.check_every_s * VAD_RATE:
-            return
-        self.barge_checked_at = position
-        self.barge_check = self._spawn(self._check_barge_in(current, self.segmenter.utterance_audio()))
-
-    async def _check_barge_in(self, response: Response, audio: np.ndarray) -> None:
-        try:
-            if self._may_barge(await self.transcribe(audio)) and self.current is response:
-                await self._interrupt(response, "barge_in")
-        finally:
-            self.barge_check = None
+        self.playing = self._spawn(self._play(response))
 
     async def _interrupt(self, response: Response, reason: str) -> None:
         if self.current is not response:
             return
         self.current = None
         INTERRUPTIONS.inc()
-        if reason == "barge_in":
-            self.last_barge_at = time.monotonic()
         self.oldest_live_generation = response.generation + 1  # drop its queued audio
-        if self.player is not None and self.player is not asyncio.current_task():
-            self.player.cancel()
+        if self.playing is not None and self.playing is not asyncio.current_task():
+            self.playing.cancel()
         await response.cancel()
         await self.emit(events.Interrupted(response.generation, reason))
         await self.emit(events.StatusChanged("interrupted", response.generation))
-        await self._finish(response, interrupted=True)
+        await self._finish(response, interrupted=True, reason=reason)
 
     # ---- playout -------------------------------------------------------------------------
 
     async def _play(self, response: Response) -> None:
-        setup, playout, first = response.setup, response.playout, True
-        rate, index = setup.output_rate, -1
-        while (speech := await response.audio.get()) is not None:
-            index += 1
-            start = playout.sent_s
-            playout.add_text(start, start + speech.duration, speech.text)
-            if self.config.visemes:
-                marks = visemes_for(speech.text, speech.duration, start, speech.audio)
-                await self.emit(events.Visemes(marks, response.generation))
-            reference_at = 0
-            chunks = [speech.pcm] if setup.frame_ms is None else frames(speech.pcm, rate, setup.frame_ms)
-            for frame in chunks:
-                await self._may_play(response)
-                if delay := playout.wait_before_next(time.monotonic()):
-                    await asyncio.sleep(delay)
-                    await self._may_play(response)
-                now = time.monotonic()
-                if first:
-                    first = False
-                    response.mark("first_byte_sent")
-                    await self.emit(events.StatusChanged("speaking", response.generation))
-                contiguous = playout.ends_at >= now  # the client is still playing the last frame
-                starts_at = playout.sent(len(frame) // 2, now)
-                count = round(len(frame) // 2 * VAD_RATE / rate)
-                piece = speech.reference[reference_at : reference_at + count]
-                self.echo.add_reference(piece, starts_at - now, contiguous)
-                reference_at += count
-                await self.emit(events.AudioOut(frame, response.generation, speech.text, index))
-        await asyncio.sleep(max(0.0, playout.ends_at - time.monotonic()))
+        await self.player.play(response)
         if self.current is response:
             self.current = None
             await self._finish(response, interrupted=False)
             await self.emit(events.StatusChanged("listening", response.generation))
 
-    async def _may_play(self, response: Response) -> None:
-        await response.resumed.wait()  # not paused for a barge-in check
-        await self.output_open.wait()  # nor held by the client
-
-    async def _finish(self, response: Response, interrupted: bool) -> None:
+    async def _finish(self, response: Response, interrupted: bool, reason: str = "") -> None:
         heard = response.playout.heard_text() if interrupted else None
-        self.history.extend(response.history_messages(heard))
+        committed = response.history_messages(heard)
+        self.history.insert(committed)
         text = heard if heard is not None else response.text.strip()
+        spoken = next((m for m in reversed(committed) if m.role == "assistant" and m.content), None)
         if text:
+            language, message_id = response.setup.language, spoken.id if spoken else ""
             await self.emit(
                 events.TranscriptFinal(
-                    "assistant", text, response.generation, interrupted, response.setup.language
+                    "assistant", text, response.generation, interrupted, language, message_id
                 )
             )
         for stage, seconds in response.timings.items():
@@ -594,12 +431,14 @@ class Session:
         log.info("turn %d latency %s", response.generation, json.dumps(millis))
         await self.emit(events.TurnMetrics(response.generation, dict(response.timings)))
         await self.emit(events.ResponseDone(response.generation, text, interrupted))
+        if (reply := self.replies.get(response.generation)) is not None:
+            reply.finish(text, interrupted, reason)
 
     # ---- client-side tools ---------------------------------------------------------------
 
     async def _ask_client(self, call: ToolCall, generation: int) -> str:
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.tool_waiters[call.id] = waiter
+        self.tool_waiters[call.id] = (self.replies[generation], waiter)
         await self.emit(events.ToolCallRequested(call.id, call.name, call.arguments, generation))
         try:
             return await asyncio.wait_for(waiter, CLIENT_TOOL_TIMEOUT_S)

@@ -86,6 +86,21 @@ def parse_client_tools(data: object) -> list[ToolSpec]:
     return specs
 
 
+# Said when a tool takes a while, in the session's language (English for any other).
+FILLERS = {
+    "en": "One moment, please.", "es": "Un momento, por favor.", "fr": "Un instant, s'il vous plaît.",
+    "pt": "Um momento, por favor.", "ko": "잠시만 기다려 주세요.", "it": "Un momento, per favore.",
+    "de": "Einen Moment, bitte.", "ca": "Un moment, si us plau.", "eu": "Momentu bat, mesedez.",
+    "id": "Tunggu sebentar.", "nl": "Een ogenblik, alstublieft.", "pl": "Chwileczkę, proszę.",
+    "ru": "Одну минуту, пожалуйста.", "tr": "Bir dakika, lütfen.", "am": "እባክዎ ትንሽ ይጠብቁ።",
+    "ti": "በጃኹም ቁሩብ ተጸበዩ።", "om": "Maaloo xiqqoo eegaa.", "so": "Fadlan daqiiqad sug.",
+}  # fmt: skip
+
+
+def filler_for(language: str) -> str:
+    return FILLERS.get(language, FILLERS["en"])
+
+
 builtin_tools = ToolRegistry()  # enabled by name with VOXLOOP_SERVER_TOOLS
 
 

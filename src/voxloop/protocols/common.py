@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -14,7 +15,16 @@ from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session, SessionConfig
 from voxloop.engine.tools import builtin_tools
-from voxloop.server.limits import Lease, LimitExceeded
+from voxloop.service.limits import Lease, LimitExceeded
+
+SUPPORTED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def check_sample_rate(rate: object) -> int:
+    """A client's input sample rate, or ValueError naming the ones accepted."""
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SUPPORTED_INPUT_RATES:
+        raise ValueError(f"unsupported sample_rate {rate!r}; use one of {list(SUPPORTED_INPUT_RATES)}")
+    return rate
 
 
 def new_session(backends: Backends, **changes: Any) -> Session:
@@ -27,6 +37,7 @@ def new_session(backends: Backends, **changes: Any) -> Session:
     )
     config = SessionConfig(voice=settings.default_voice, language=settings.default_language, turn=turn)
     session = Session(backends, config, builtin_tools.subset(settings.server_tools))
+    session.history.spoken_style = settings.spoken_style
     if changes:
         try:
             session.configure(**changes)
@@ -55,13 +66,36 @@ async def run_session(session: Session, *coroutines: Coroutine[Any, Any, None]) 
 
 
 def parse_json(raw: str) -> Any:
-    """JSON from a client, or ValueError with a message fit to send back (hostile nesting too)."""
+    """JSON from a client, or ValueError with a message fit to send back (hostile nesting too).
+    Lone surrogates (``"\\ud800"``) become U+FFFD: they cannot be encoded, so one would fail every
+    later LLM call, TTS and history write of the session."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
+        return without_surrogates(value) if "\\u" in raw else value  # only an escape makes one
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg})") from exc
     except RecursionError as exc:
         raise ValueError("not valid JSON (nested too deeply)") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ValueError("not valid JSON (a number too long)") from exc
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with any lone surrogate replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(key): without_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def parse_message(raw: str) -> dict[str, Any]:

@@ -25,15 +25,15 @@ from voxloop.protocols.lokutor.stt import serve_stt
 from voxloop.protocols.lokutor.tts import serve_tts
 from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.selam.server import mount_selam
-from voxloop.protocols.soca.voice import soca_endpoint
+from voxloop.protocols.soca.voice import SocaRoute
 from voxloop.protocols.voice_agent import agent as voice_agent
-from voxloop.server.admission import Admission
-from voxloop.server.auth import KeyCheck, require_key
-from voxloop.server.errors import ApiError, install_error_handlers
-from voxloop.server.guard import GuardedRoute
-from voxloop.server.history_store import ConversationStore
-from voxloop.server.keys import KeyLimits, KeyStore
-from voxloop.server.limits import Limiter
+from voxloop.service.admission import Admission
+from voxloop.service.auth import KeyCheck, require_key
+from voxloop.service.errors import ApiError, install_error_handlers
+from voxloop.service.guard import GuardedRoute
+from voxloop.service.history_store import ConversationStore
+from voxloop.service.keys import KeyLimits, KeyStore
+from voxloop.service.limits import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -109,39 +109,49 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         body["status"] = "ready" if ready else "unavailable"
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if not settings.metrics_port:  # else the CLI serves them on their own address
+        metrics_guard = [Depends(require_key)] if settings.metrics_require_key else []
+
+        @app.get("/metrics", dependencies=metrics_guard)
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(lokutor_rest.router)
 
     @app.get("/v1/sessions/{session_id}", dependencies=[Depends(require_key)])
     async def session_history(session_id: str, request: Request) -> JSONResponse:
-        found = await asyncio.to_thread(history.turns, session_id) if history else None
         who = request.state.key
-        # A stored key sees its own sessions; configuration keys are the operator's and see all.
-        if found is None or (who.stored and found[0] != who.id):
-            raise ApiError(404, "not_found", f"no conversation history for session {session_id!r}")
-        return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in found[1]]})
+        # A stored key sees its own turns, row by row; configuration keys are the operator's: all.
+        owner = who.id if who.stored else None
+        turns = await asyncio.to_thread(history.turns, session_id, owner) if history else []
+        if not turns:
+            raise ApiError(404, "not_found", "no conversation history for this session")
+        return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in turns]})
 
     def websocket_route(
-        path: str, handler: Handler, error_shape: Callable[[str], str], subprotocol: str | None = None
+        path: str,
+        handler: Handler,
+        error_shape: Callable[[str], str],
+        subprotocol: str | None = None,
+        http_refusals: bool = False,
     ) -> None:
-        """Origin, key, limits, revocation and drain for ``handler``: see server/guard.py."""
-        app.router.add_websocket_route(path, GuardedRoute(path, handler, error_shape, subprotocol))
+        """Origin, key, limits, revocation and drain for ``handler``: see service/guard.py."""
+        route = GuardedRoute(path, handler, error_shape, subprotocol, http_refusals)
+        app.router.add_websocket_route(path, route)
 
     def json_error(message: str) -> str:
         return json.dumps({"type": "error", "data": message})
 
+    # Lokutor's SDKs read a refused handshake's HTTP status (seed 001: 401, 429, 503).
     for path in ("/ws", "/ws/tts"):
-        websocket_route(path, serve_tts, lambda message: f"ERR: {message}")
-    websocket_route("/ws/stt", serve_stt, json_error)
-    websocket_route("/ws/agent", serve_agent, json_error)
+        websocket_route(path, serve_tts, lambda message: f"ERR: {message}", http_refusals=True)
+    websocket_route("/ws/stt", serve_stt, json_error, http_refusals=True)
+    websocket_route("/ws/agent", serve_agent, json_error, http_refusals=True)
     websocket_route(realtime.PATH, realtime.serve_realtime, realtime.error_shape, realtime.SUBPROTOCOL)
     websocket_route("/v1/voice-agent", voice_agent.serve_voice_agent, voice_agent.error_shape)
     websocket_route("/v1/video-agent", voice_agent.serve_video_agent, voice_agent.error_shape)
     for path in ("/v1/voice-ws", "/chat/agent/voice-ws"):  # Soca: the start message carries the token
-        app.add_api_websocket_route(path, soca_endpoint)
+        app.router.add_websocket_route(path, SocaRoute(path))
     mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app

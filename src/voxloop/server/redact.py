@@ -1,11 +1,14 @@
-"""Keeps API keys out of the logs: browsers pass them as ``?api_key=``, which uvicorn would print."""
+"""Keeps API keys out of the logs: browsers pass them in the query (``?api_key=``, and clients
+spell it ``API_KEY=``, ``apikey=``, ``key=``, ``token=``, ``access_token=``...), which uvicorn
+would print."""
 
 from __future__ import annotations
 
 import logging
 import re
 
-_KEY = re.compile(r"(api_key=)[^&\s\"']+")
+# Any query parameter whose name ends in "key" or "token", in any case.
+_KEY = re.compile(r"(?i)([\w.%-]*(?:key|token)=)[^&\s\"']+")
 
 
 class RedactKeys(logging.Filter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ class ChatMessage:
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
     images: list[str] = field(default_factory=list)  # data URLs, for models that accept images
+    # The history's handle on the message (truncate, delete); never sent to a model.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16], compare=False)
 
 
 @dataclass
@@ -42,7 +45,23 @@ class ReasoningDelta:
     text: str
 
 
-LlmEvent = TextDelta | ReasoningDelta | ToolCall
+@dataclass
+class Usage:
+    """The last event of a stream: why it stopped ("stop", "length", "tool-calls") and its tokens."""
+
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+LlmEvent = TextDelta | ReasoningDelta | ToolCall | Usage
+
+
+def finish_reason_of(openai_reason: str | None) -> str:
+    """OpenAI's finish_reason in the AI SDK's words (what VoiceAgent clients read)."""
+    return {"length": "length", "tool_calls": "tool-calls", "content_filter": "content-filter"}.get(
+        openai_reason or "stop", "stop"
+    )
 
 
 class LlmError(RuntimeError):

@@ -25,7 +25,16 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from voxloop.backends import workers
-from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, ToolCall, ToolSpec
+from voxloop.backends.llm.base import (
+    ChatMessage,
+    LlmError,
+    LlmEvent,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    finish_reason_of,
+)
 from voxloop.backends.llm.openai_http import openai_messages, openai_tools
 from voxloop.backends.llm.prefix_cache import PrefixCache
 from voxloop.backends.scheduler import JobKind
@@ -132,12 +141,21 @@ class LlamaLlm:
             first_kind=JobKind.LLM_PREFILL,
         )
         async with aclosing(generate) as pieces:
+            usage = None
             async for piece in pieces:
+                if isinstance(piece, Usage):
+                    usage = piece
+                    continue
                 text = calls.feed(piece) if calls else piece
                 if text:
                     yield TextDelta(text)
-        for event in calls.finish() if calls else ():
+        found = list(calls.finish()) if calls else []
+        for event in found:
             yield event
+        if usage is not None:
+            yield Usage(
+                "tool-calls" if found else usage.finish_reason, usage.input_tokens, usage.output_tokens
+            )
 
     def _request(
         self,
@@ -156,8 +174,9 @@ class LlamaLlm:
             "temperature": self._settings.llm_temperature if temperature is None else temperature,
         }
 
-    def _generate(self, request: dict[str, Any]) -> Iterator[str]:
+    def _generate(self, request: dict[str, Any]) -> Iterator[str | Usage]:
         """Text pieces, a token at a time, on the LLM lane; the caller stops it by not asking for more.
+        The last item is the Usage.
 
         Between two pieces other conversations may have used the model (the lane serves whichever
         reply is due first): then this one's tokens are put back before it goes on.
@@ -170,16 +189,17 @@ class LlamaLlm:
             if len(tokens) >= model.n_ctx():
                 raise LlmError(f"the conversation ({len(tokens)} tokens) exceeds the context")
             text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            me, produced = object(), 0
+            me, produced, prompt_tokens, reason = object(), 0, len(tokens), "length"
             vocab = model._model.vocab
-            while produced < request["max_tokens"]:
+            while produced < request["max_tokens"] and reason == "length":
                 self._take_over(model, tokens, me)
                 sampled = model.generate(
                     tokens, temp=request["temperature"], top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0
                 )
                 for token in sampled:
                     if llama_cpp.llama_vocab_is_eog(vocab, token) or len(tokens) >= model.n_ctx() - 1:
-                        return
+                        reason = "stop" if llama_cpp.llama_vocab_is_eog(vocab, token) else "length"
+                        break
                     tokens.append(token)
                     produced += 1
                     if piece := text.decode(model.detokenize([token])):
@@ -187,6 +207,9 @@ class LlamaLlm:
                     if produced >= request["max_tokens"] or self._owner is not me:
                         break  # done, or another conversation used the model meanwhile
                 sampled.close()
+                if len(tokens) >= model.n_ctx() - 1:
+                    break
+            yield Usage(finish_reason_of(reason), prompt_tokens, produced)
         except LlmError:
             raise
         except Exception as exc:  # template error, context overflow, decode failure

@@ -17,6 +17,8 @@ from voxloop.backends.llm.base import (
     TextDelta,
     ToolCall,
     ToolSpec,
+    Usage,
+    finish_reason_of,
 )
 from voxloop.config import Settings
 
@@ -127,6 +129,7 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[LlmEvent]:
     """Text deltas as they arrive; tool calls (streamed in index-keyed pieces) once the stream ends."""
     calls: dict[int, dict[str, str]] = {}
     saw_data = finished = False
+    reason, usage, pieces = None, {}, 0  # usage: servers that send it (stream_options, llama.cpp)
     async for line in lines:
         if not line.startswith("data:"):
             continue  # blank separators, `event:` and `:` keep-alive comments
@@ -143,12 +146,15 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[LlmEvent]:
             raise LlmError(f"malformed event in LLM stream: {payload[:200]!r}")
         if chunk.get("error"):
             raise LlmError(f"LLM server reported an error mid-stream: {chunk['error']}")
+        if isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 yield ReasoningDelta(reasoning)
             if delta.get("content"):
+                pieces += 1
                 yield TextDelta(delta["content"])
             for part in delta.get("tool_calls") or ():
                 slot = calls.setdefault(part.get("index", 0), {"id": "", "name": "", "arguments": ""})
@@ -156,13 +162,17 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[LlmEvent]:
                 slot["id"] = part.get("id") or slot["id"]
                 slot["name"] = function.get("name") or slot["name"]
                 slot["arguments"] += function.get("arguments") or ""
-            finished = finished or bool(choice.get("finish_reason"))
+            reason = choice.get("finish_reason") or reason
+            finished = finished or bool(reason)
     if not finished:
         if not saw_data:
             raise LlmError("LLM server sent no server-sent events (does it support stream=true?)")
         raise LlmError("LLM stream ended before the answer was complete")
     for index in sorted(calls):
         yield _tool_call(calls[index])
+    count = lambda key, default: usage[key] if isinstance(usage.get(key), int) else default  # noqa: E731
+    # Without the server's usage, each streamed piece is about one token and the prompt unknown (0).
+    yield Usage(finish_reason_of(reason), count("prompt_tokens", 0), count("completion_tokens", pieces))
 
 
 def _tool_call(slot: dict[str, str]) -> ToolCall:

@@ -61,9 +61,15 @@ class _LazyModel:
         return self._model
 
 
+# Languages Whisper was not trained on, heard as the nearest one it was: Tigrinya shares the Ge'ez
+# script (and many words) with Amharic; Oromo shares Somali's Latin spelling conventions.
+NEAREST_LANGUAGE = {"ti": "am", "om": "so"}
+
+
 def normalize_language(language: str) -> str:
     """'es', 'ES' or 'es-MX' -> 'es'; ValueError for a language Whisper does not know."""
     code = language.strip().lower().replace("_", "-").split("-")[0]
+    code = NEAREST_LANGUAGE.get(code, code)
     if code not in _LANGUAGE_CODES:
         raise ValueError(
             f"unsupported language {language!r} for speech-to-text; "

@@ -24,10 +24,13 @@ from voxloop.backends.tts.piper_tts import PiperEngine
 from voxloop.config import Settings
 
 # Language -> espeak-ng voice. Base codes only: "pt" is Brazilian, "es" is Spain's Spanish.
+# Tigrinya is written in the Ge'ez script, which the Amharic voice reads. Somali has no eSpeak
+# voice: Oromo's is the nearest that reads its Latin spelling (a fellow Cushitic language with the
+# same conventions: doubled letters for long vowels, "dh", "x" and "c" as consonants).
 ESPEAK_VOICES = {
     "en": "en-us", "es": "es", "fr": "fr", "pt": "pt-br", "ko": "ko",
     "it": "it", "de": "de", "ca": "ca", "eu": "eu", "id": "id", "nl": "nl", "pl": "pl",
-    "ru": "ru", "tr": "tr",
+    "ru": "ru", "tr": "tr", "am": "am", "om": "om", "ti": "am", "so": "om",
 }  # fmt: skip
 NEURAL_LANGUAGE = "en"
 STYLES = range(1, 6)
@@ -82,6 +85,23 @@ def _table() -> list[_Entry]:
 def normalize_language(code: str) -> str:
     """The base code: "en-US", "EN" and "en_gb" are all "en"."""
     return re.split(r"[-_]", code.strip().lower(), maxsplit=1)[0]
+
+
+LONG_NUMBER = re.compile(r"\d(?:[\d,]*\d)?")
+LONGEST_NUMBER_READ = 15  # digits; longer runs (card, account numbers) are read digit by digit
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def speakable(text: str) -> str:
+    """Text every engine can take: no lone surrogates (eSpeak encodes to UTF-8), and no number
+    past hibari's largest scale (more than 36 digits fails in its number reader)."""
+
+    def digits(match: re.Match[str]) -> str:
+        number = match.group()
+        count = sum(char.isdigit() for char in number)
+        return " ".join(c for c in number if c.isdigit()) if count > LONGEST_NUMBER_READ else number
+
+    return LONG_NUMBER.sub(digits, SURROGATE.sub(" ", text))
 
 
 class Speaker:
@@ -215,6 +235,7 @@ class Speaker:
         return self._stream(text, entry, min(max(speed, USABLE_SPEED[0]), USABLE_SPEED[1]))
 
     def _stream(self, text: str, entry: _Entry, speed: float) -> Iterator[SpeechChunk]:
+        text = speakable(text)
         engine = self._engine(entry.engine)
         ratio = 2.0 ** (entry.semitones / 12.0)
         for piece in speech_pieces(text, engine.first_chunk_chars):

@@ -1,6 +1,7 @@
 """Lokutor Voice Chat API (seed 000) at ``/ws/agent``: a thin translator over engine.Session.
 
-In: binary S16LE microphone audio (44.1 kHz unless a ``rates`` message says otherwise) and JSON
+In: binary S16LE microphone audio (44.1 kHz unless a ``rates`` message says otherwise; a client
+that declares nothing has its rate inferred from how fast the audio arrives) and JSON
 ``{"type": prompt|voice|language|tools|visemes|rates|max_context_messages|metrics|tool_result}``.
 Out: ``status`` / ``transcript`` / ``visemes`` / ``tool_call`` / ``metrics`` / ``error`` JSON and
 binary reply audio at the playback rate. voxloop extensions, sent only to clients that opt in:
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -24,13 +26,22 @@ from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
-from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_message, run_session
-from voxloop.protocols.lokutor.common import check_sample_rate
-from voxloop.server.guard import lease_of
+from voxloop.protocols.common import (
+    admit_audio,
+    check_sample_rate,
+    keep_history,
+    new_session,
+    parse_message,
+    run_session,
+)
+from voxloop.protocols.lokutor.common import RateSniffer
+from voxloop.service.guard import lease_of
 
 log = logging.getLogger(__name__)
 
 MAX_AUDIO_FRAME = 1 << 20
+MAX_HELD_BYTES = 4 * 48000  # audio held while the rate is inferred: 2 s at the fastest rate
+MAX_HOLD_S = 1.5  # a client that pauses before the first window closes gets its audio anyway
 
 
 class LokutorAgent:
@@ -41,6 +52,11 @@ class LokutorAgent:
         self.sending = asyncio.Lock()  # replies and event forwarding share one socket
         self.lease = lease_of(websocket)
         self.session_id = self.lease.session_id if self.lease else None
+        # Until a `rates` message declares it, the microphone rate is inferred; the first second
+        # of audio waits for that decision rather than be heard at the wrong speed.
+        self.sniffer: RateSniffer | None = RateSniffer(session.config.input_rate)
+        self.held: list[bytes] = []
+        self.releasing: asyncio.Future[None] | None = None
         keep_history(session, websocket.app.state, self.lease, self.error)
 
     async def send_json(self, message: dict[str, Any]) -> None:
@@ -89,6 +105,9 @@ class LokutorAgent:
             playback = check_sample_rate(rates.get("playback", session.config.output_rate))
             source = check_sample_rate(rates.get("input", session.config.input_rate))
             session.configure(output_rate=playback, input_rate=source)
+            if "input" in rates:
+                self.sniffer = None  # a declared rate always wins
+                await self.push_microphone(b"")
             await self.send_json({"type": "server_rates", "playback": playback, "input": source})
         elif kind == "tool_result":
             body = data if isinstance(data, dict) else message
@@ -103,7 +122,7 @@ class LokutorAgent:
 
     async def receive(self) -> None:
         """Client messages until it disconnects."""
-        websocket, session = self.websocket, self.session
+        websocket = self.websocket
         with contextlib.suppress(WebSocketDisconnect):
             while True:
                 message = await websocket.receive()
@@ -113,14 +132,38 @@ class LokutorAgent:
                     if len(data) > MAX_AUDIO_FRAME:
                         await self.error(f"audio frame too large ({len(data)} bytes)")
                         continue
-                    if not await self.within_audio_limit(len(data) / 2 / session.config.input_rate):
-                        continue
-                    try:
-                        await session.push_audio(data)
-                    except AudioFormatError as exc:
-                        await self.error(str(exc))
+                    await self.push_microphone(data)
                 elif (text := message.get("text")) is not None:
                     await self.handle_text(text)
+
+    async def push_microphone(self, data: bytes) -> None:
+        """Audio to the session at its rate: held while the rate of an undeclared microphone is
+        still being measured, then released at the rate found."""
+        session, sniffer = self.session, self.sniffer
+        if sniffer is not None and data:
+            if sniffer.observe(len(data) // 2, time.monotonic()):
+                session.configure(input_rate=sniffer.rate)
+            if not sniffer.decided:
+                if not self.held:
+                    asyncio.get_running_loop().call_later(MAX_HOLD_S, self._stop_holding)
+                self.held.append(data)
+                if sum(map(len, self.held)) <= MAX_HELD_BYTES:
+                    return
+                sniffer.decide_now()
+                data = b""
+        if self.held:
+            data, self.held = b"".join(self.held) + data, []
+        if not data or not await self.within_audio_limit(len(data) / 2 / session.config.input_rate):
+            return
+        try:
+            await session.push_audio(data)
+        except AudioFormatError as exc:
+            await self.error(str(exc))
+
+    def _stop_holding(self) -> None:
+        if self.sniffer is not None and not self.sniffer.decided and self.held and not self.session.closed:
+            self.sniffer.decide_now()
+            self.releasing = asyncio.ensure_future(self.push_microphone(b""))
 
     async def within_audio_limit(self, seconds: float) -> bool:
         """Over the key's audio budget the frame is dropped and the client told (once a second)."""

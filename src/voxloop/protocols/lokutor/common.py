@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from voxloop.protocols.common import parse_json
+from voxloop.protocols.common import check_sample_rate, parse_json
 
-SUPPORTED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 MAX_KEYTERMS = 100
 
 
@@ -26,12 +26,6 @@ def check_stt_language(code: object) -> str | None:
     if language is not None and language not in _LANGUAGE_CODES:
         raise ValueError(f"unsupported language {code!r} for speech-to-text")
     return language
-
-
-def check_sample_rate(rate: object) -> int:
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SUPPORTED_INPUT_RATES:
-        raise ValueError(f"unsupported sample_rate {rate!r}; use one of {list(SUPPORTED_INPUT_RATES)}")
-    return rate
 
 
 def check_keyterms(value: object) -> list[str] | None:
@@ -69,3 +63,64 @@ def parse_stream_options(raw: str | None) -> StreamOptions | str:
         )
     except ValueError as exc:
         return str(exc)
+
+
+MICROPHONE_RATES = (8000, 16000, 24000, 44100, 48000)  # what an undeclared microphone may run at
+RATE_WINDOW_S = 1.0  # arrival measured over this long before deciding
+MAX_ARRIVAL_GAP_S = 0.5  # a pause this long means the client stopped sending: the window restarts
+RATE_TOLERANCE = 0.04  # log2 distance to a candidate (about 3 %): 44.1 and 48 kHz are 12 % apart
+
+
+class RateSniffer:
+    """The rate of a microphone whose client declared none, from how fast its audio arrives.
+
+    A live microphone sends in real time: the samples after a window's first frame, over the time
+    since that frame arrived, are its rate. Lokutor's own raw-API example streams 16 kHz without a
+    word; taken for the documented 44.1 kHz it would be heard 2.76 times too fast. Audio faster
+    than real time (a file sent at once) or between candidates is no evidence: the rate stays.
+    The first window decides; later ones change the rate only when two running agree on another.
+    """
+
+    def __init__(self, default: int) -> None:
+        self.rate = default
+        self.decided = False
+        self._window_start: float | None = None
+        self._last_at = 0.0
+        self._samples = 0  # samples after the window's first frame
+        self._other: int | None = None  # a different rate the previous window found
+
+    def observe(self, samples: int, now: float) -> bool:
+        """Counts a frame; True when this frame decided or changed ``rate``."""
+        if self._window_start is None or now - self._last_at > MAX_ARRIVAL_GAP_S:
+            self._window_start, self._samples = now, 0
+        else:
+            self._samples += samples
+        self._last_at = now
+        elapsed = now - self._window_start
+        faster_than_any = self._samples > MICROPHONE_RATES[-1] * (elapsed + MAX_ARRIVAL_GAP_S)
+        if elapsed < RATE_WINDOW_S and not faster_than_any:
+            return False
+        measured = self._samples / elapsed
+        self._window_start, self._samples = now, 0
+        return self._judge(measured)
+
+    def decide_now(self) -> None:
+        """No more waiting for evidence: the rate so far stands."""
+        self.decided = True
+
+    def _judge(self, measured: float) -> bool:
+        distance = lambda rate: abs(math.log2(max(measured, 1.0) / rate))  # noqa: E731
+        nearest = min(MICROPHONE_RATES, key=distance)
+        plausible = distance(nearest) <= RATE_TOLERANCE
+        if not self.decided:
+            self.decided = True
+            self.rate = nearest if plausible else self.rate
+            return True
+        if not plausible or nearest == self.rate:
+            self._other = None
+            return False
+        if self._other != nearest:
+            self._other = nearest  # one window is a hint; the next must agree
+            return False
+        self.rate, self._other = nearest, None
+        return True

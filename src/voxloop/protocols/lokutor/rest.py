@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse
 
 from voxloop.audio.pcm import AudioFormatError, pcm16_to_float, read_wav, resample
 from voxloop.backends import workers
-from voxloop.protocols.common import parse_json
-from voxloop.protocols.lokutor.common import check_keyterms, check_sample_rate, check_stt_language
-from voxloop.server.auth import require_key
-from voxloop.server.errors import ApiError, read_body
-from voxloop.server.metrics import STT_LATENCY
+from voxloop.protocols.common import check_sample_rate, parse_json
+from voxloop.protocols.lokutor.common import check_keyterms, check_stt_language
+from voxloop.service.auth import require_key
+from voxloop.service.errors import ApiError, read_body
+from voxloop.service.limits import LimitExceeded
+from voxloop.service.metrics import STT_LATENCY
 
 router = APIRouter(dependencies=[Depends(require_key)])
 
@@ -68,6 +69,10 @@ async def transcribe(request: Request) -> JSONResponse:
     except ValueError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from exc
     samples, rate = decode_audio(body)
+    try:  # the clip counts against the key's audio budget like streamed audio
+        request.app.state.limits.spend_audio(request.state.key, len(samples) / rate)
+    except LimitExceeded as exc:
+        raise ApiError(exc.status, "rate_limited", exc.message) from exc
     stt = request.app.state.backends.stt
     started = time.perf_counter()
 

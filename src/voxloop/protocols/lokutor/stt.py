@@ -23,7 +23,7 @@ from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SpeechEnded, UtteranceSegmenter
 from voxloop.protocols.common import admit_audio, parse_json
 from voxloop.protocols.lokutor.common import StreamOptions, parse_stream_options
-from voxloop.server.guard import lease_of
+from voxloop.service.guard import lease_of
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,17 @@ from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import frames, speak
 from voxloop.backends.tts.visemes import visemes_for
 from voxloop.protocols.common import parse_json
-from voxloop.server.guard import lease_of
-from voxloop.server.limits import LimitExceeded
-from voxloop.server.metrics import TTS_FIRST_AUDIO
+from voxloop.service.errors import QuietLog
+from voxloop.service.guard import lease_of
+from voxloop.service.limits import LimitExceeded
+from voxloop.service.metrics import TTS_FIRST_AUDIO
 
 log = logging.getLogger(__name__)
+FAILED = QuietLog(log)  # a text that trips a model would otherwise log a traceback per request
 
 OUTPUT_RATE = 44100
 CLIENT_STALL_S = 10.0
+DEFAULT_VOICE = "M1"  # seed 001's default for a request that names none
 
 
 class TtsRequest(BaseModel):
@@ -37,7 +40,9 @@ class TtsRequest(BaseModel):
     voice: StrictStr | None = None
     lang: StrictStr | None = Field(None, validation_alias=AliasChoices("lang", "language"))
     speed: float = Field(1.05, ge=0.25, le=4.0)
-    steps: int = Field(5, ge=1, le=100)  # accepted for compatibility; our voices have no steps
+    # Accepted for compatibility and otherwise ignored: none of voxloop's voices has a step count
+    # or a model version to trade quality for speed (docs/voices.md).
+    steps: int = Field(5, ge=1, le=100)
     version: StrictStr = "versa-1.0"
     visemes: StrictBool = False
 
@@ -79,7 +84,7 @@ async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
                 continue
             try:
                 request = parse_request(raw, backends.settings.max_tts_chars)
-                voice = speaker.resolve(request.voice, request.lang)
+                voice = speaker.resolve(request.voice or DEFAULT_VOICE, request.lang)
                 language = speaker.language_of(request.lang, voice)
             except ValueError as exc:
                 await websocket.send_text(f"ERR: {exc}")
@@ -91,10 +96,11 @@ async def serve_tts(websocket: WebSocket, backends: Backends) -> None:
             except LimitExceeded as exc:
                 await websocket.send_text(f"ERR: {exc.message}")
             except Exception as exc:  # a model failure must not take the connection down
-                if websocket.client_state != WebSocketState.CONNECTED:
-                    return  # the client left mid-stream (Starlette raises RuntimeError on send)
-                log.exception("synthesis failed")
-                await websocket.send_text(f"ERR: synthesis failed: {exc}")
+                states = {websocket.client_state, websocket.application_state}
+                if states != {WebSocketState.CONNECTED}:
+                    return  # the client left, or the server closed (drain), mid-stream
+                FAILED.warning("synthesis failed: %s: %s", type(exc).__name__, exc)
+                await websocket.send_text("ERR: synthesis failed")  # internal details stay in the log
     except WebSocketDisconnect:
         return
 

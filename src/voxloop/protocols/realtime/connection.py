@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,14 +19,13 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxloop.audio.codec import alaw_decode, ulaw_decode
-from voxloop.audio.pcm import pcm16_to_float, resample
 from voxloop.engine import events
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session
 from voxloop.engine.tools import parse_client_tools
 from voxloop.protocols.common import admit_audio, parse_json
 from voxloop.protocols.realtime.config import RealtimeConfig, apply_update, is_beta_shape, render
-from voxloop.protocols.realtime.items import Item, parse_item
+from voxloop.protocols.realtime.items import Item, charge_audio, check_room, parse_item
 from voxloop.protocols.realtime.responses import (
     AUDIO_IN_TOKENS_S,
     CANCEL_REASONS,
@@ -33,13 +33,12 @@ from voxloop.protocols.realtime.responses import (
     ResponseWriter,
 )
 from voxloop.protocols.realtime.wire import RealtimeError, error_event, new_id, rename
-from voxloop.server.limits import Lease
+from voxloop.service.limits import Lease
 
 log = logging.getLogger(__name__)
 
-MAX_BUFFER_S = 15 * 60  # manual-turn audio held for one commit
+MAX_BUFFER_S = 2 * 60  # manual-turn audio held for one commit (5.8 MB at 24 kHz)
 MAX_EVENT_CHARS = 16 << 20
-STT_RATE = 16000
 # OpenAI voice names have no voxloop voice: they get the server's default voice.
 OPENAI_VOICES = frozenset(
     {
@@ -71,8 +70,6 @@ class RealtimeConnection:
         self.buffer = bytearray()  # manual turns: appended audio awaiting commit
         self.speech_item: str | None = None  # the user item announced by speech_started
         self.outputs: dict[str, Item] = {}  # function_call_output items awaiting response.create
-        self.tool_waits: dict[str, int] = {}  # call_id -> generation of engine replies awaiting a result
-        self.done_through = 0  # generations up to this one are finished: their late events are dropped
         self.event_id: str | None = None  # the client event being handled, for error events
         self.lease: Lease | None = None  # the key's limits (None outside the server's gate)
 
@@ -197,7 +194,7 @@ class RealtimeConnection:
             return
         if len(self.buffer) + len(pcm) > MAX_BUFFER_S * self.config.input_rate * 2:
             raise RealtimeError(
-                f"input audio buffer is full ({MAX_BUFFER_S // 60} minutes): commit or clear it",
+                f"input audio buffer is full ({MAX_BUFFER_S} s): commit or clear it",
                 "input_audio_buffer_full",
             )
         self.buffer.extend(pcm)
@@ -238,8 +235,9 @@ class RealtimeConnection:
         await self._announce_user_item(item, audio_s=len(pcm) / 2 / self.config.input_rate)
 
     async def _transcribe(self, pcm: bytes, rate: int) -> str:
-        audio = resample(pcm16_to_float(pcm), rate, STT_RATE)
-        return (await self.session.transcribe(audio)).text.strip()
+        """Audio the client committed, taken as the engine takes an utterance: "" without words."""
+        heard = await self.session.audio_turn(pcm, rate)
+        return heard.text.strip() if heard is not None else ""
 
     async def audio_clear(self, event: dict[str, Any]) -> None:
         self.buffer.clear()
@@ -249,8 +247,11 @@ class RealtimeConnection:
         item = parse_item(event.get("item"))
         if item.id in self.items:
             raise RealtimeError(f"an item with id {item.id!r} already exists", "duplicate_item_id", "item.id")
+        check_room(self.items, item)
+        audio_s = len(item.input_audio) / 2 / self.config.input_rate
+        charge_audio(self.lease, audio_s)
         if item.type == "function_call_output":
-            if item.call_id not in self.tool_waits:
+            if self.session.waiting_reply(item.call_id) is None:
                 raise RealtimeError(
                     f"no function call is waiting for call_id {item.call_id!r}",
                     "invalid_value",
@@ -266,7 +267,8 @@ class RealtimeConnection:
         for kind in ("conversation.item.added", "conversation.item.created", "conversation.item.done"):
             await self.send({"type": kind, "previous_item_id": previous, "item": item.render(self.beta)})
         if item.input_audio and self.config.transcription is not None:
-            await self._send_transcription(item, len(item.input_audio) / 2 / self.config.input_rate)
+            await self._send_transcription(item, audio_s)
+        item.input_audio = b""  # transcribed: the text is what the conversation keeps
 
     def _pcm_of_item(self, item: Item) -> bytes:
         if len(item.input_audio) % 2:
@@ -297,11 +299,11 @@ class RealtimeConnection:
                 "audio_end_ms",
             )
         kept = item.heard_text(end_ms / 1000)
-        self._link(item)
+        self._resolve(item)
         if item.message is not None:
-            item.message.content = kept
+            self.session.history.truncate(item.message.id, kept)  # nothing kept: it goes
             if not kept:
-                self._drop_message(item)
+                item.message = None
         item.text = kept
         item.audio_s = min(item.audio_s, end_ms / 1000)
         await self.send(
@@ -318,14 +320,16 @@ class RealtimeConnection:
         current = self.writer.current
         if current is not None and item in current.output:
             raise RealtimeError("the item belongs to the response under way", "item_in_progress", "item_id")
-        self._link(item)
-        self._drop_message(item)
+        self._resolve(item)
+        if item.message is not None:
+            self.session.history.delete(item.message.id)
+            item.message = None
         del self.items[item.id]
         await self.send({"type": "conversation.item.deleted", "item_id": item.id})
 
     async def item_retrieve(self, event: dict[str, Any]) -> None:
         item = self._item(event.get("item_id"))
-        self._link(item)
+        self._resolve(item)
         await self.send({"type": "conversation.item.retrieved", "item": item.render(self.beta)})
 
     async def response_create(self, event: dict[str, Any]) -> None:
@@ -333,18 +337,20 @@ class RealtimeConnection:
             raise RealtimeError(
                 "the conversation already has an active response", "conversation_already_has_active_response"
             )
-        context = sum(len(m.content) for m in self.session.history.messages) + len(self.config.instructions)
-        if self.outputs:  # tool results: the engine's paused reply continues under a new response
-            outputs, self.outputs = self.outputs, {}
-            generation = max(self.tool_waits.pop(call_id) for call_id in outputs)
-            await self.writer.create(generation, self.config, context)
+        outputs, self.outputs = self.outputs, {}
+        waiting = [reply for call_id in outputs if (reply := self.session.waiting_reply(call_id))]
+        if waiting:  # tool results: the engine's paused reply continues under a new response
+            reply = max(waiting, key=lambda waiting_reply: waiting_reply.id)
+            reply.tag = await self.writer.create(self.config, self._context_chars())
             for call_id, item in outputs.items():
-                await self.session.submit_tool_result(call_id, item.output)
+                with contextlib.suppress(ValueError):  # a call the engine stopped waiting for
+                    await self.session.submit_tool_result(call_id, item.output)
             return
-        state = await self.writer.create(None, self.config, context)
-        generation = await self.session.reply(None)
-        if state.generation is None:
-            state.generation = generation
+        state = await self.writer.create(self.config, self._context_chars())
+        await self.session.reply(None, tag=state)  # the response is its tag before its first event
+
+    def _context_chars(self) -> int:
+        return sum(len(m.content) for m in self.session.history.messages) + len(self.config.instructions)
 
     async def response_cancel(self, event: dict[str, Any]) -> None:
         state = self.writer.current
@@ -382,12 +388,12 @@ class RealtimeConnection:
                         "audio_end_ms": round(at * 1000),
                     }
                 )
-            case events.TranscriptFinal(role="user", text=text, generation=generation):
-                await self._user_turn(text, generation)
-            case events.TranscriptFinal(role="assistant", text=text, generation=generation):
-                state = self._state(generation)
+            case events.TranscriptFinal(role="user", text=text, message_id=message_id):
+                await self._user_turn(text, message_id)
+            case events.TranscriptFinal(role="assistant", text=text, generation=generation, message_id=m):
+                state = self._shown(generation)
                 if state is not None and state.message is not None:
-                    state.message.text = text
+                    state.message.text, state.message.message_id = text, m
             case events.TextDelta(text=text, generation=generation):
                 if (state := await self._state_for(generation)) is not None:
                     await self.writer.text(state, text)
@@ -398,10 +404,9 @@ class RealtimeConnection:
                 call_id=call_id, name=name, arguments=arguments, generation=generation
             ):
                 if (state := await self._state_for(generation)) is not None:
-                    self.tool_waits[call_id] = generation
                     await self.writer.function_call(state, call_id, name, arguments)
             case events.Interrupted(generation=generation, reason=reason):
-                state = self._state(generation)
+                state = self._shown(generation)
                 if state is not None and state.cancel_reason is None:
                     state.cancel_reason = CANCEL_REASONS.get(reason, "client_cancelled")
             case events.ResponseDone(generation=generation, text=text, interrupted=interrupted):
@@ -411,11 +416,12 @@ class RealtimeConnection:
             case _:
                 pass  # status, visemes, metrics, server tools: nothing in this protocol
 
-    async def _user_turn(self, text: str, generation: int) -> None:
+    async def _user_turn(self, text: str, message_id: str) -> None:
         """A user turn the engine's VAD found (typed turns and commits created their item already)."""
         if self.config.turn_detection is None or not text:
             return
         item = Item("message", role="user", audio=True, text=text, id=self.speech_item or new_id("item"))
+        item.message_id = message_id
         self.speech_item = None
         if item.id in self.items:
             return
@@ -428,7 +434,7 @@ class RealtimeConnection:
             }
         )
         await self._announce_user_item(item, audio_s=0.0)
-        self._link(item)
+        self._resolve(item)
 
     async def _announce_user_item(self, item: Item, audio_s: float) -> None:
         previous = self._previous(item.id)
@@ -460,43 +466,36 @@ class RealtimeConnection:
             }
         )
 
-    def _state(self, generation: int) -> ResponseState | None:
-        current = self.writer.current
-        if current is None:
-            return None
-        if current.generation is None and generation > self.done_through:
-            current.generation = generation  # response.create waits for the reply it asked for
-        return current if current.generation == generation else None
+    def _shown(self, generation: int) -> ResponseState | None:
+        """The response showing engine reply ``generation`` (its handle's tag), unless finished:
+        events after its response.done (a filler while the client runs a tool) are not shown."""
+        reply = self.session.handle(generation)
+        state = reply.tag if reply is not None else None
+        return state if state is not None and not state.finished else None
 
     async def _state_for(self, generation: int) -> ResponseState | None:
-        """The response an engine event belongs to; a new one for a new generation (server VAD)."""
-        if (state := self._state(generation)) is not None:
-            return state
-        if generation <= self.done_through or generation in self.tool_waits.values():
-            return None  # late events of a finished reply, or a filler while the client runs a tool
+        """The response an engine event belongs to; a new one for a reply the engine started itself
+        (server VAD)."""
+        reply = self.session.handle(generation)
+        if reply is None or reply.tag is not None:
+            return self._shown(generation)
         current = self.writer.current
         if current is not None:  # the engine moved on without finishing it: close it
             current.cancel_reason = current.cancel_reason or "turn_detected"
             await self.writer.finish(current)
-        context = sum(len(m.content) for m in self.session.history.messages) + len(self.config.instructions)
-        return await self.writer.create(generation, self.config, context)
+        reply.tag = await self.writer.create(self.config, self._context_chars())
+        return reply.tag
 
     async def _response_done(self, generation: int, text: str, interrupted: bool) -> None:
-        if generation in self.tool_waits.values():
-            return
-        state = self._state(generation)
-        if state is None and generation > self.done_through:
-            state = await self._state_for(generation)  # a reply with nothing in it still gets its response
+        state = await self._state_for(generation)  # a reply with nothing in it still gets its response
         if state is None:
             return
-        self.done_through = max(self.done_through, generation)
         if interrupted and state.cancel_reason is None:
             state.cancel_reason = "turn_detected"
         message = state.message
         await self.writer.finish(state, heard=text if interrupted else None)
         for item in self.items.values():  # the engine has written the turn to its history now
-            if item.message is None and item.type == "message":
-                self._link(item)
+            self._resolve(item)
         if message is not None and message.message is None and not interrupted:
             message.text = text or message.text
 
@@ -505,28 +504,13 @@ class RealtimeConnection:
     def _add_to_history(self, item: Item) -> None:
         if item.role is None or not item.text:
             return
-        self.session.add_message(item.role, item.text)
-        self._link(item)
+        item.message = self.session.add_message(item.role, item.text)
+        item.message_id = item.message.id
 
-    def _link(self, item: Item) -> None:
-        """Ties an item to its message in the engine's history (same role and text, not yet taken)."""
-        if item.message is not None or item.role is None or not item.text.strip():
-            return
-        taken = {id(other.message) for other in self.items.values() if other.message is not None}
-        for message in reversed(self.session.history.messages):
-            if id(message) in taken or message.role != item.role:
-                continue
-            if message.content.strip() == item.text.strip():
-                item.message = message
-                return
-
-    def _drop_message(self, item: Item) -> None:
-        messages = self.session.history.messages
-        for index, message in enumerate(messages):
-            if message is item.message:
-                del messages[index]
-                break
-        item.message = None
+    def _resolve(self, item: Item) -> None:
+        """Ties an item to its history message, by the id the engine's event gave."""
+        if item.message is None and item.message_id:
+            item.message = self.session.history.find(item.message_id)
 
     def _item(self, item_id: object) -> Item:
         if not isinstance(item_id, str) or item_id not in self.items:

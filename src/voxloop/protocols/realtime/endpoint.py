@@ -1,6 +1,6 @@
 """``/v1/realtime``: dialect choice and the session's lifetime.
 
-The shared gate (server/guard.py) checks the key: ``Authorization: Bearer`` (the SDKs), the
+The shared gate (service/guard.py) checks the key: ``Authorization: Bearer`` (the SDKs), the
 ``api_key`` query parameter, or, from browsers that cannot set headers, the subprotocol
 ``openai-insecure-api-key.<key>`` next to ``realtime`` (accepted with subprotocol ``realtime``).
 A refused key gets an ``error`` event (code ``invalid_api_key``), then close code 1008.
@@ -17,7 +17,7 @@ from voxloop.backends.registry import Backends
 from voxloop.protocols.common import keep_history, new_session, run_session
 from voxloop.protocols.realtime.connection import RealtimeConnection
 from voxloop.protocols.realtime.wire import error_event, new_id
-from voxloop.server.guard import lease_of
+from voxloop.service.guard import lease_of
 
 PATH = "/v1/realtime"
 SUBPROTOCOL = "realtime"

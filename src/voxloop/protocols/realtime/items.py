@@ -12,18 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxloop.backends.llm.base import ChatMessage
+from voxloop.engine.playout import Span, heard_text
 from voxloop.protocols.realtime.wire import RealtimeError, new_id
+from voxloop.service.limits import Lease, LimitExceeded
 
 MAX_ITEM_TEXT = 20000
-
-
-@dataclass
-class Span:
-    """A stretch of reply audio (seconds) and the words spoken in it."""
-
-    start: float
-    end: float
-    text: str
+# What one session's client may make the server keep: items are text once transcribed.
+MAX_ITEMS = 1000
+MAX_ITEMS_CHARS = 1_000_000
 
 
 @dataclass
@@ -39,6 +35,7 @@ class Item:
     arguments: str = ""
     output: str = ""
     message: ChatMessage | None = None  # the engine's history entry, once linked
+    message_id: str = ""  # its id, as the engine's events give it (the entry may come later)
     spans: list[Span] = field(default_factory=list)  # assistant audio, for truncation
     audio_s: float = 0.0
     input_audio: bytes = b""  # user audio given in conversation.item.create (pcm16)
@@ -71,17 +68,8 @@ class Item:
         return {"type": "text" if beta else "output_text", "text": text}
 
     def heard_text(self, audio_end_s: float) -> str:
-        """Words spoken before ``audio_end_s``: whole pieces, plus the played share of the last one."""
-        spans = self.spans or [Span(0.0, self.audio_s, self.current_text)]
-        words: list[str] = []
-        for span in spans:
-            if audio_end_s >= span.end:
-                words.extend(span.text.split())
-            elif audio_end_s > span.start:
-                piece = span.text.split()
-                share = (audio_end_s - span.start) / max(span.end - span.start, 1e-6)
-                words.extend(piece[: int(len(piece) * share)])
-        return " ".join(words)
+        """Words spoken before ``audio_end_s`` (the engine's own reckoning of what was heard)."""
+        return heard_text(self.spans or [Span(0.0, self.audio_s, self.current_text)], audio_end_s)
 
 
 def parse_item(raw: object) -> Item:
@@ -143,3 +131,27 @@ def _base64(value: object, param: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RealtimeError(f"audio is not valid base64 ({exc})", param=param) from exc
+
+
+def check_room(items: dict[str, Item], item: Item) -> None:
+    """Refuses ``item`` when the conversation would hold too many items or too much text."""
+    if len(items) >= MAX_ITEMS:
+        raise RealtimeError(
+            f"the conversation holds {MAX_ITEMS} items, the most it may: delete some first",
+            "conversation_full",
+        )
+    held = sum(len(kept.text) + len(kept.output) + len(kept.arguments) for kept in items.values())
+    if held + len(item.text) + len(item.output) > MAX_ITEMS_CHARS:
+        raise RealtimeError(
+            f"the conversation holds {MAX_ITEMS_CHARS} characters of items, the most it may: delete some",
+            "conversation_full",
+        )
+
+
+def charge_audio(lease: Lease | None, seconds: float) -> None:
+    """Client audio sent inside an item counts against the key's audio budget like any other."""
+    if lease is not None and seconds:
+        try:
+            lease.audio(seconds)
+        except LimitExceeded as exc:
+            raise RealtimeError(exc.message, "rate_limit_exceeded", "item.content") from exc

@@ -32,7 +32,8 @@ RATE_LIMITS = [
 
 @dataclass
 class ResponseState:
-    generation: int | None  # None until the engine says which generation answers response.create
+    """One Realtime response: the ``tag`` of the engine reply it shows (see module docstring)."""
+
     audio_out: bool
     output_format: str
     id: str = field(default_factory=lambda: new_id("resp"))
@@ -42,6 +43,7 @@ class ResponseState:
     input_tokens: int = 0
     transcript: str = ""
     piece: int = -1  # the reply piece the last audio belonged to
+    finished: bool = False  # response.done was sent: later events of its reply are not shown
 
 
 class ResponseWriter:
@@ -54,10 +56,8 @@ class ResponseWriter:
     def render(self, item: Item) -> dict[str, Any]:
         return item.render(self.beta())
 
-    async def create(
-        self, generation: int | None, config: RealtimeConfig, context_chars: int
-    ) -> ResponseState:
-        state = ResponseState(generation, config.audio_out, config.output_format)
+    async def create(self, config: RealtimeConfig, context_chars: int) -> ResponseState:
+        state = ResponseState(config.audio_out, config.output_format)
         state.input_tokens = context_chars // CHARS_PER_TOKEN
         self.current = state
         await self.send({"type": "response.created", "response": self._response(state, "in_progress")})
@@ -147,6 +147,7 @@ class ResponseWriter:
         if state.cancel_reason:
             body["status_details"] = {"type": "cancelled", "reason": state.cancel_reason}
         body["usage"] = self._usage(state)
+        state.finished = True
         await self.send({"type": "response.done", "response": body})
         await self.send({"type": "rate_limits.updated", "rate_limits": RATE_LIMITS})
         if self.current is state:

@@ -17,22 +17,26 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from voxloop.audio.codec import encode_mp3
+from voxloop.audio.codec import encode_mp3_timed
 from voxloop.audio.pcm import AudioFormatError
+from voxloop.audio.stream import StreamDecoder, stream_container
 from voxloop.backends.registry import Backends
 from voxloop.engine import events
 from voxloop.engine.session import Session
-from voxloop.protocols.common import admit_audio, keep_history, new_session, run_session
-from voxloop.protocols.lokutor.common import check_sample_rate
+from voxloop.protocols.common import admit_audio, check_sample_rate, keep_history, new_session, run_session
 from voxloop.protocols.selam.options import SelamError, StartOptions, barge_in_for, parse_start, turn_for
-from voxloop.server.limits import Lease
+from voxloop.protocols.selam.pacing import PlayOnArrival
+from voxloop.service.limits import Lease
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNK_BYTES = 1 << 20  # decoded PCM per audio_chunk: 32 s at 16 kHz
 OUTPUT_RATE = 24000  # MP3 out: every voice's native rate is 22.05 or 24 kHz
 PCM_FORMATS = frozenset({"pcm16", "pcm", "pcm_s16le", "s16le", "linear16", "raw"})
-CONTAINER_MAGIC = {b"\x1aE\xdf\xa3": "WebM", b"OggS": "Ogg", b"RIFF": "WAV", b"ID3": "MP3", b"fLaC": "FLAC"}
+# Streams a browser's MediaRecorder writes: decoded whatever `format` says (the seed's own example
+# sends them as "pcm16"), the first chunk with the header, the next ones continuing it.
+STREAM_FORMATS = frozenset({"webm", "ogg", "opus", "audio/webm", "audio/ogg"})
+CONTAINER_MAGIC = {b"RIFF": "WAV", b"ID3": "MP3", b"fLaC": "FLAC"}  # whole files: not a stream
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -53,6 +57,8 @@ class SelamAgent:
         self.runner: asyncio.Task[None] | None = None
         self.ending = asyncio.Event()
         self.chunks = 0  # audio_chunk events of the reply being played
+        self.decoder: StreamDecoder | None = None  # the MediaRecorder stream being received
+        self.pacer: PlayOnArrival | None = None  # reply events, timed for play-on-arrival clients
 
     # ---- client events -------------------------------------------------------------------
 
@@ -64,7 +70,8 @@ class SelamAgent:
         self.session, self.session_id = session, f"sess_{uuid.uuid4().hex}"
         keep_history(session, self.state, self.lease, self.history_error, session_id=self.session_id)
         self.ending = asyncio.Event()
-        self.runner = asyncio.create_task(self._run(session, self.ending))
+        self.pacer = self.pacer or PlayOnArrival(self.emit)
+        self.runner = asyncio.create_task(self._run(session, self.ending, self.pacer))
         await self.emit(
             "session_started",
             {
@@ -92,8 +99,8 @@ class SelamAgent:
             # without, it answers in the language it hears, switching STT model and voice.
             "follow_language": options.language is None,
         }
-        if options.language:
-            changes["language"] = options.language
+        if options.language or options.voice_language:
+            changes["language"] = options.language or options.voice_language
         if options.instructions:
             changes["prompt"] = options.instructions
         try:
@@ -111,14 +118,27 @@ class SelamAgent:
         if not isinstance(data, dict):
             raise SelamError("audio_error", "audio_chunk takes an object {audio, format, sample_rate}")
         fmt = data.get("format", "pcm16")
-        if not isinstance(fmt, str) or fmt.lower() not in PCM_FORMATS:
-            raise SelamError("audio_error", f"unsupported audio format {fmt!r}; send 'pcm16'", "bad_format")
-        rate = data.get("sample_rate", 16000)
-        try:
-            rate = check_sample_rate(rate)
-        except ValueError as exc:
-            raise SelamError("audio_error", str(exc), "bad_sample_rate") from exc
-        pcm = _decode_audio(data.get("audio"))
+        if not isinstance(fmt, str) or fmt.lower().split(";")[0] not in PCM_FORMATS | STREAM_FORMATS:
+            raise SelamError(
+                "audio_error", f"unsupported audio format {fmt!r}; send 'pcm16' or 'webm'", "bad_format"
+            )
+        raw = _decode_base64(data.get("audio"))
+        container = stream_container(raw)
+        if container is None and self.decoder is None and fmt.lower().split(";")[0] in STREAM_FORMATS:
+            raise SelamError(
+                "audio_error",
+                f"a {fmt} stream starts with its header: send the recorder's first chunk first",
+                "bad_stream",
+            )
+        if container is not None or self.decoder is not None:
+            pcm, rate = await self._decode_stream(raw, container), 16000
+        else:
+            rate = data.get("sample_rate", 16000)
+            try:
+                rate = check_sample_rate(rate)
+            except ValueError as exc:
+                raise SelamError("audio_error", str(exc), "bad_sample_rate") from exc
+            pcm = _check_pcm(raw)
         admitted, refusal = admit_audio(self.lease, len(pcm) / 2 / rate)
         if refusal:
             raise SelamError("authorization_error", refusal, "rate_limited")  # as for the message rate
@@ -130,6 +150,24 @@ class SelamAgent:
             await session.push_audio(pcm)
         except AudioFormatError as exc:
             raise SelamError("audio_error", str(exc)) from exc
+
+    async def _decode_stream(self, chunk: bytes, container: str | None) -> bytes:
+        """PCM16 at 16 kHz from a MediaRecorder chunk; a chunk with a header starts a new stream."""
+        if container is not None:
+            self._close_decoder()
+            self.decoder = StreamDecoder(container, 16000)
+        decoder = self.decoder
+        assert decoder is not None
+        try:
+            return await asyncio.to_thread(decoder.feed, chunk)
+        except AudioFormatError as exc:
+            self._close_decoder()  # the next chunk with a header (or plain PCM) starts afresh
+            raise SelamError("audio_error", str(exc), "bad_stream") from exc
+
+    def _close_decoder(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
 
     async def control(self, data: object) -> None:
         action = data.get("action") if isinstance(data, dict) else data
@@ -168,10 +206,14 @@ class SelamAgent:
         """Ends the session (if any) and waits until the engine let go of it."""
         runner, self.runner = self.runner, None
         self.session = self.session_id = None
+        self._close_decoder()
         self.ending.set()
         if runner is not None and runner is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await runner
+        pacer, self.pacer = self.pacer, None
+        if pacer is not None:
+            await pacer.close()
 
     def _require_session(self, event: str) -> Session:
         if self.session is None:
@@ -180,9 +222,9 @@ class SelamAgent:
 
     # ---- engine events -------------------------------------------------------------------
 
-    async def _run(self, session: Session, ending: asyncio.Event) -> None:
+    async def _run(self, session: Session, ending: asyncio.Event, pacer: PlayOnArrival) -> None:
         try:
-            stalled = await run_session(session, self._forward(session), ending.wait())
+            stalled = await run_session(session, self._forward(session, pacer), ending.wait())
         except Exception:
             log.exception("SelamGPT session failed")
             stalled = False
@@ -202,7 +244,7 @@ class SelamAgent:
         with contextlib.suppress(Exception):
             await self.emit("error", error.payload())
 
-    async def _forward(self, session: Session) -> None:
+    async def _forward(self, session: Session, pacer: PlayOnArrival) -> None:
         while True:
             event = await session.next_event()
             match event:
@@ -217,31 +259,24 @@ class SelamAgent:
                     )
                 case events.AudioOut(pcm=pcm, generation=generation):
                     text = getattr(event, "text", "") or ""
-                    mp3 = await asyncio.to_thread(encode_mp3, pcm, session.config.output_rate)
-                    if text:
-                        await self.emit("response", {"text": text, "generation": generation})
+                    rate = session.config.output_rate
+                    mp3, seconds = await asyncio.to_thread(encode_mp3_timed, pcm, rate)
+                    piece = [("response", {"text": text, "generation": generation})] if text else []
                     self.chunks += 1
-                    await self.emit(
-                        "audio_chunk",
-                        {
-                            "audio": base64.b64encode(mp3).decode(),
-                            "format": "mp3",
-                            "sample_rate": session.config.output_rate,
-                            "chunk_index": self.chunks - 1,
-                            "text": text,
-                            "generation": generation,
-                        },
-                    )
+                    chunk = {
+                        "audio": base64.b64encode(mp3).decode(),
+                        "format": "mp3",
+                        "sample_rate": rate,
+                        "chunk_index": self.chunks - 1,
+                        "text": text,
+                        "generation": generation,
+                    }
+                    pacer.put([*piece, ("audio_chunk", chunk)], generation, seconds)
                 case events.ResponseDone(generation=generation, text=text, interrupted=interrupted):
-                    await self.emit(
-                        "audio_end",
-                        {
-                            "total_chunks": self.chunks,
-                            "text": text,
-                            "interrupted": interrupted,
-                            "generation": generation,
-                        },
-                    )
+                    if interrupted:
+                        pacer.drop(generation)
+                    end = {"total_chunks": self.chunks, "text": text, "interrupted": interrupted}
+                    pacer.put([("audio_end", {**end, "generation": generation})], generation)
                     self.chunks = 0
                 case events.Error(message=message, code=code):
                     await self._send_error(SelamError("session_error", message, code))
@@ -250,8 +285,8 @@ class SelamAgent:
 CONTROL_ACTIONS = ("interrupt", "start_listening", "stop_listening", "pause", "resume")
 
 
-def _decode_audio(audio: object) -> bytes:
-    """PCM16 bytes from base64 text (a data: URL too) or a Socket.IO binary attachment."""
+def _decode_base64(audio: object) -> bytes:
+    """Audio bytes from base64 text (a data: URL too) or a Socket.IO binary attachment."""
     if isinstance(audio, bytes | bytearray):
         pcm = bytes(audio)
     elif isinstance(audio, str):
@@ -266,10 +301,16 @@ def _decode_audio(audio: object) -> bytes:
         raise SelamError("audio_error", "'audio' must be base64-encoded PCM16", "missing_audio")
     if len(pcm) > MAX_CHUNK_BYTES:
         raise SelamError("audio_error", f"audio chunk over {MAX_CHUNK_BYTES} bytes", "chunk_too_large")
+    return pcm
+
+
+def _check_pcm(pcm: bytes) -> bytes:
     for magic, name in CONTAINER_MAGIC.items():
         if pcm.startswith(magic):
             raise SelamError(
-                "audio_error", f"audio looks like {name}, not raw PCM16; send 16-bit mono PCM", "bad_format"
+                "audio_error",
+                f"audio looks like a {name} file, not raw PCM16; send 16-bit mono PCM or a WebM stream",
+                "bad_format",
             )
     if len(pcm) % 2:
         raise SelamError("audio_error", f"PCM16 audio has an odd byte count ({len(pcm)})", "odd_length")

@@ -21,13 +21,17 @@ DEFAULT_INTERRUPT_THRESHOLD = 8  # 1-5 easy to interrupt, 10-15 needs confident 
 MAX_INSTRUCTIONS = 20000
 
 # SelamGPT's "GPT Audio" voices, given voxloop's voice styles (docs/voices.md). They speak every
-# language voxloop speaks; SelamGPT's native voices speak languages voxloop cannot synthesise.
+# language voxloop speaks.
 GPT_VOICES = {
     "alloy": "F1", "nova": "F2", "shimmer": "F3", "coral": "F4", "sage": "F5",
     "echo": "M1", "onyx": "M2", "fable": "M3", "ash": "M4", "verse": "M5", "ballad": "M5",
 }  # fmt: skip
-NATIVE_VOICES = {"mekdes": "am", "ameha": "am", "betty": "am", "ubax": "so", "muuse": "so"}
-LANGUAGE_NAMES = {"am": "Amharic", "so": "Somali", "ti": "Tigrinya", "om": "Oromo"}
+# SelamGPT's native voices: the style that speaks as them, and their language (the session's
+# language when the client names none). They too speak any other language they are asked to.
+NATIVE_VOICES = {
+    "mekdes": ("F1", "am"), "betty": ("F2", "am"), "ameha": ("M1", "am"),
+    "ubax": ("F1", "so"), "muuse": ("M1", "so"),
+}  # fmt: skip
 
 
 class SelamError(Exception):
@@ -50,18 +54,10 @@ def voice_id(name: object, speaker: Speaker, language: str | None = None) -> str
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise SelamError("validation_error", "'voice' must be a voice name such as 'alloy' or 'F1'")
     key = name.strip().lower()
-    if key in NATIVE_VOICES:
-        lang = NATIVE_VOICES[key]
-        raise SelamError(
-            "validation_error",
-            f"voice {name!r} speaks {LANGUAGE_NAMES[lang]}, which this server cannot synthesise; "
-            f"use alloy/echo/fable/onyx/nova/shimmer or F1-F5/M1-M5 with a language among "
-            f"{', '.join(speaker.languages())}",
-            "unsupported_voice",
-        )
-    resolved = GPT_VOICES.get(key, name.strip())
+    native = NATIVE_VOICES.get(key)
+    resolved = native[0] if native else GPT_VOICES.get(key, name.strip())
     try:
-        speaker.resolve(resolved, language)
+        speaker.resolve(resolved, language or (native[1] if native else None))
     except (UnknownVoice, UnknownLanguage) as exc:
         raise SelamError("validation_error", str(exc), "unsupported_voice") from exc
     return resolved
@@ -75,10 +71,9 @@ def language_code(value: object, speaker: Speaker) -> str | None:
         raise SelamError("validation_error", "'language' must be a language code such as 'en'")
     code = normalize_language(value)
     if code not in speaker.languages():
-        name = LANGUAGE_NAMES.get(code, repr(value))
         raise SelamError(
             "validation_error",
-            f"language {name} is not supported here; use one of {', '.join(speaker.languages())} "
+            f"language {value!r} is not supported here; use one of {', '.join(speaker.languages())} "
             "or leave 'language' out to detect it",
             "unsupported_language",
         )
@@ -131,6 +126,7 @@ class StartOptions:
     voice: str  # voxloop's voice id
     voice_name: str  # as the client named it
     language: str | None  # None: detect the spoken language and answer in it
+    voice_language: str | None  # a native voice's own language: the first reply's without `language`
     instructions: str | None
     vad_threshold: float
     interrupt_threshold: float
@@ -144,6 +140,7 @@ def parse_start(data: object, default_voice: str, speaker: Speaker) -> StartOpti
     language = language_code(data.get("language"), speaker)
     name = data.get("voice") or default_voice
     voice = voice_id(name, speaker, language)
+    native = NATIVE_VOICES.get(name.strip().lower()) if isinstance(name, str) else None
     instructions = data.get("instructions")
     if instructions is not None and (
         not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS
@@ -153,6 +150,7 @@ def parse_start(data: object, default_voice: str, speaker: Speaker) -> StartOpti
         voice=voice,
         voice_name=name,
         language=language,
+        voice_language=native[1] if native else None,
         instructions=instructions.strip() if instructions and instructions.strip() else None,
         vad_threshold=_number(data, "vad_threshold", DEFAULT_VAD_THRESHOLD, 1, 32767),
         interrupt_threshold=_number(data, "interrupt_threshold", DEFAULT_INTERRUPT_THRESHOLD, 1, 15),

@@ -14,6 +14,8 @@ server draining) the client gets an ``error`` with the reason and is disconnecte
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from typing import Any
 
@@ -23,9 +25,10 @@ from starlette.requests import HTTPConnection
 
 from voxloop.protocols.selam.agent import SelamAgent
 from voxloop.protocols.selam.options import SelamError, voice_id
-from voxloop.server.guard import origin_allowed
-from voxloop.server.limits import Lease, LimitExceeded
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.service.errors import QuietLog
+from voxloop.service.guard import origin_allowed
+from voxloop.service.limits import Lease, LimitExceeded
+from voxloop.service.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ NAMESPACE = "/v1/audio/agent"
 MAX_MESSAGE = 4 << 20  # one Socket.IO message; an audio_chunk holds at most 1 MiB of PCM
 MAX_QUEUED = 64  # packets waiting for a client before its emits wait (bounded memory)
 STALL_S = 10.0  # a client that reads nothing for this long is disconnected
+PING_INTERVAL_S, PING_TIMEOUT_S = 10, 10
 REFUSE_AFTER_S = 0.5  # a refused client is disconnected this long after its error
 RATE_LIMITED, SHUTTING_DOWN, SERVER_BUSY = "rate_limited", "server_shutting_down", "server_busy"  # codes
 
@@ -157,14 +161,12 @@ class SelamNamespace(socketio.AsyncNamespace):
         watch = self.watches.pop(sid, None)
         if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
-        try:
-            if agent is not None:
-                SESSIONS.labels(NAMESPACE).dec()
-                await agent.close()
-        finally:
-            lease = self.leases.pop(sid, None)
-            if lease is not None:
-                lease.close()
+        lease = self.leases.pop(sid, None)
+        if lease is not None:  # the slot returns now, whatever closing the agent takes
+            lease.close()
+        if agent is not None:
+            SESSIONS.labels(NAMESPACE).dec()
+            await agent.close()
 
     async def watch(self, sid: str, lease: Lease) -> None:
         """When the lease ends (key revoked, idle, too long, server draining): tell, then hang up."""
@@ -225,16 +227,80 @@ def _auth_key(auth: object) -> str | None:
     return None
 
 
+class SocketServer(socketio.AsyncServer):
+    """python-socketio raises on a malformed Socket.IO packet (and logs a traceback); here the
+    client is answered instead: a SelamGPT ``error`` when it has a session, else it is
+    disconnected. Either way one line is logged, at most once a second."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:
+            self._binary_packet.pop(eio_sid, None)  # a half-received binary packet goes too
+            MALFORMED.warning("malformed Socket.IO packet from %s: %s", eio_sid, _brief(exc))
+            sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+            namespace = self.namespace_handlers.get(NAMESPACE)
+            if sid is not None and isinstance(namespace, SelamNamespace) and sid in namespace.agents:
+                error = SelamError("validation_error", "malformed Socket.IO packet", "malformed_packet")
+                await namespace.send_error(sid, error)
+            else:
+                await self.eio.disconnect(eio_sid)
+
+
+MALFORMED = QuietLog(log)
+
+
+def engine_io_frame_ok(text: str) -> bool:
+    """Whether python-engineio can decode a WebSocket text frame: it decodes the frame before
+    its own error handling, so an empty one or a bad type would end in an ASGI traceback."""
+    if not text:
+        return False
+    if text[0] == "b":
+        try:
+            base64.b64decode(text[1:], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return True
+    return text[0].isdigit() and text[0].isascii()
+
+
+def checked_frames(app: Any) -> Any:
+    """The Socket.IO ASGI app behind a check of each WebSocket text frame: a frame Engine.IO
+    cannot decode ends the connection (a disconnect in place of the frame), with one log line."""
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return await app(scope, receive, send)
+
+        async def checked() -> dict[str, Any]:
+            message = await receive()
+            text = message.get("text") if message["type"] == "websocket.receive" else None
+            if text is not None and not engine_io_frame_ok(text):
+                MALFORMED.warning("malformed Engine.IO frame (%d characters): closing", len(text))
+                return {"type": "websocket.disconnect", "code": 1002}
+            return message
+
+        return await app(scope, checked, send)
+
+    return guarded
+
+
+def _brief(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 def mount_selam(app: FastAPI) -> None:
     """Serves the SelamGPT namespace at /socket.io/ on the same port as the rest of the API."""
-    server = socketio.AsyncServer(
+    server = SocketServer(
         async_mode="asgi",
         cors_allowed_origins="*",  # browsers on any origin: the API key is the gate
         async_handlers=False,  # one client's events in order: audio must not be reordered
         always_connect=True,  # the connect is acknowledged first, so a refusal can carry `error`
         max_http_buffer_size=MAX_MESSAGE,
-        logger=False,
-        engineio_logger=False,
+        ping_interval=PING_INTERVAL_S,  # a dead peer is disconnected (and its slot freed) within ~20 s
+        ping_timeout=PING_TIMEOUT_S,
+        logger=MALFORMED,  # what the libraries log is mostly client-made: one line, rate-limited
+        engineio_logger=MALFORMED,
     )
     server.register_namespace(SelamNamespace(app))
-    app.mount("/socket.io", socketio.ASGIApp(server, socketio_path=None))
+    app.mount("/socket.io", checked_frames(socketio.ASGIApp(server, socketio_path=None)))

@@ -13,64 +13,72 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voxloop.config import Settings
-from voxloop.protocols.lokutor.common import check_sample_rate
+from voxloop.engine.barge_in import BargeInRules
+from voxloop.protocols.common import check_sample_rate
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_PROMPT = 20000
 
 
-@dataclass(frozen=True)
-class BargeGate:
-    """The Soca barge-in gate: a partial transcript interrupts the reply only if ALL hold."""
+# The Soca barge-in gate (a partial transcript interrupts the reply only if ALL hold), by its docs'
+# names, and the engine's BargeInRules field each one sets.
+BARGE_KEYS = {
+    "enabled": "enabled",
+    "min_partial_chars": "min_chars",
+    "min_partial_words": "min_words",
+    "min_confidence": "min_confidence",
+    "speech_start_window": "window_s",  # seconds of speech in which qualifying words must come
+    "barge_cooldown": "cooldown_s",  # seconds between two barge-ins
+    "filler_words": "filler_words",
+}
+SOCA_FILLERS = frozenset({"uh", "um", "hmm", "eh", "ah", "ya", "yah"})
+SOCA_BARGE_IN = BargeInRules(
+    min_chars=10, min_words=2, min_confidence=0.30, window_s=1.5, cooldown_s=0.8, filler_words=SOCA_FILLERS
+)
 
-    enabled: bool = True
-    min_partial_chars: int = 10
-    min_partial_words: int = 2
-    min_confidence: float = 0.30
-    speech_start_window: float = 1.5  # seconds of speech in which qualifying words must come
-    barge_cooldown: float = 0.8  # seconds between two barge-ins
-    filler_words: frozenset[str] = frozenset({"uh", "um", "hmm", "eh", "ah", "ya", "yah"})
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BargeGate:
-        return cls(
-            enabled=settings.soca_barge_enabled,
-            min_partial_chars=settings.soca_min_partial_chars,
-            min_partial_words=settings.soca_min_partial_words,
-            min_confidence=settings.soca_min_confidence,
-            speech_start_window=settings.soca_speech_start_window_s,
-            barge_cooldown=settings.soca_barge_cooldown_s,
-            filler_words=frozenset(word.lower() for word in settings.soca_filler_words),
-        )
+def barge_rules(settings: Settings) -> BargeInRules:
+    """The server's Soca gate (VOXLOOP_SOCA_*), the documented one unless configured."""
+    return BargeInRules(
+        enabled=settings.soca_barge_enabled,
+        min_chars=settings.soca_min_partial_chars,
+        min_words=settings.soca_min_partial_words,
+        min_confidence=settings.soca_min_confidence,
+        window_s=settings.soca_speech_start_window_s,
+        cooldown_s=settings.soca_barge_cooldown_s,
+        filler_words=frozenset(word.lower() for word in settings.soca_filler_words),
+    )
 
-    def updated(self, changes: object) -> BargeGate:
-        """This gate with the client's overrides; ValueError names a bad one."""
-        if changes is None:
-            return self
-        if not isinstance(changes, dict):
-            raise ValueError("'barge' must be an object")
-        values: dict[str, Any] = {}
-        for raw_key, value in changes.items():
-            key = str(raw_key).lower()
-            if key == "enabled":
-                values[key] = _bool(value, "barge.enabled")
-            elif key in ("min_partial_chars", "min_partial_words"):
-                values[key] = _number(value, f"barge.{key}", 0, 1000, integer=True)
-            elif key == "min_confidence":
-                values[key] = _number(value, "barge.min_confidence", 0.0, 1.0)
-            elif key in ("speech_start_window", "barge_cooldown"):
-                values[key] = _number(value, f"barge.{key}", 0.0, 600.0)
-            elif key == "filler_words":
-                if (
-                    not isinstance(value, list)
-                    or len(value) > 200
-                    or not all(isinstance(word, str) and 0 < len(word) <= 40 for word in value)
-                ):
-                    raise ValueError("'barge.filler_words' must be a list of at most 200 short strings")
-                values[key] = frozenset(word.lower() for word in value)
-            else:
-                raise ValueError(f"unknown barge setting {raw_key!r}")
-        return replace(self, **values)
+
+def with_barge_overrides(rules: BargeInRules, changes: object) -> BargeInRules:
+    """``rules`` with the client's ``barge`` overrides (Soca's names); ValueError names a bad one."""
+    if changes is None:
+        return rules
+    if not isinstance(changes, dict):
+        raise ValueError("'barge' must be an object")
+    values: dict[str, Any] = {}
+    for raw_key, value in changes.items():
+        key = str(raw_key).lower()
+        if key == "enabled":
+            value = _bool(value, "barge.enabled")
+        elif key in ("min_partial_chars", "min_partial_words"):
+            value = _number(value, f"barge.{key}", 0, 1000, integer=True)
+        elif key == "min_confidence":
+            value = _number(value, "barge.min_confidence", 0.0, 1.0)
+        elif key in ("speech_start_window", "barge_cooldown"):
+            value = _number(value, f"barge.{key}", 0.0, 600.0)
+        elif key == "filler_words":
+            if (
+                not isinstance(value, list)
+                or len(value) > 200
+                or not all(isinstance(word, str) and 0 < len(word) <= 40 for word in value)
+            ):
+                raise ValueError("'barge.filler_words' must be a list of at most 200 short strings")
+            value = frozenset(word.lower() for word in value)
+        else:
+            raise ValueError(f"unknown barge setting {raw_key!r}")
+        values[BARGE_KEYS[key]] = value
+    return replace(rules, **values)
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class Start:
     prompt: str | None = None
     voice: str | None = None
     partials: bool = True
-    barge: BargeGate = field(default_factory=BargeGate)
+    barge: BargeInRules = field(default_factory=lambda: replace(SOCA_BARGE_IN))
 
 
 def parse_start(message: object, settings: Settings) -> Start:
@@ -115,7 +123,7 @@ def parse_start(message: object, settings: Settings) -> Start:
         prompt=prompt,
         voice=voice,
         partials=_bool(message.get("partials", True), "partials"),
-        barge=BargeGate.from_settings(settings).updated(message.get("barge")),
+        barge=with_barge_overrides(barge_rules(settings), message.get("barge")),
     )
 
 

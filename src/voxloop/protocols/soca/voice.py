@@ -33,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voxloop.audio.codec import encode_mp3
@@ -40,15 +41,14 @@ from voxloop.audio.pcm import AudioFormatError
 from voxloop.backends.registry import Backends
 from voxloop.config import Settings
 from voxloop.engine import events
-from voxloop.engine.barge_in import BargeInRules
 from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
 from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
-from voxloop.protocols.soca.start import BargeGate, Start, parse_start, token_of
-from voxloop.server.guard import origin_allowed, run_leased
-from voxloop.server.keys import KeyInfo
-from voxloop.server.limits import Lease, LimitExceeded
-from voxloop.server.metrics import ERRORS, SESSIONS
+from voxloop.protocols.soca.start import Start, parse_start, token_of
+from voxloop.service.guard import Connection, hold_connection, origin_allowed, run_leased
+from voxloop.service.keys import KeyInfo
+from voxloop.service.limits import Lease, LimitExceeded
+from voxloop.service.metrics import ERRORS, SESSIONS
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,6 @@ class SocaVoice:
         self.seq = seq  # the newest seq given out
         self.floor = seq  # messages of a lower seq are stale: never sent
         self.barged = False  # a barge-in gave out a seq that the next reply takes
-        self.reply_seq: dict[int, int] = {}  # engine generation -> seq
         self.outbox = Outbox()
         self.taken_over = asyncio.Event()  # the same session_id connected again
         self.finished = asyncio.Event()  # history saved and lease closed: a takeover may go on
@@ -165,7 +164,7 @@ class SocaVoice:
             self.lease.message()
             return True
         except LimitExceeded as exc:
-            ERRORS.labels(self.websocket.url.path, "rate_limited").inc()
+            ERRORS.labels(self.websocket.scope["path"], "rate_limited").inc()
             if self.lease.report_due():
                 await self.error(exc.message)
             return False
@@ -209,19 +208,22 @@ class SocaVoice:
                     await self.error(text)
 
     def seq_of(self, generation: int) -> int:
-        """The seq of a reply: the next one when it is new (or the one a barge-in announced)."""
-        if (seq := self.reply_seq.get(generation)) is not None:
-            return seq
-        if self.reply_seq and generation < max(self.reply_seq):
-            return self.floor - 1  # an older reply never seen before: stale
-        if not self.barged:
-            self.seq += 1
-        self.barged = False
-        self.reply_seq = {generation: self.seq}  # older replies are stale by now
-        return self.seq
+        """The seq of a reply (kept on its engine handle): the next one when it is new (or the one a
+        barge-in announced). A reply older than one that has a seq is stale."""
+        reply = self.session.handle(generation)
+        replies = self.session.replies.values()
+        if reply is None or any(other.tag is not None for other in replies if other.id > generation):
+            return self.floor - 1
+        if reply.tag is None:
+            if not self.barged:
+                self.seq += 1
+            self.barged = False
+            reply.tag = self.seq
+        return reply.tag
 
     async def barge(self, generation: int, reason: str) -> None:
-        if self.reply_seq.get(generation) != self.seq or self.barged:
+        reply = self.session.handle(generation)
+        if reply is None or reply.tag != self.seq or self.barged:
             return  # a reply already superseded
         self.seq += 1
         self.floor = self.seq
@@ -257,20 +259,8 @@ class SocaVoice:
             await self.websocket.send_text(json.dumps(message))
 
 
-def barge_rules(gate: BargeGate) -> BargeInRules:
-    return BargeInRules(
-        enabled=gate.enabled,
-        min_words=gate.min_partial_words,
-        min_chars=gate.min_partial_chars,
-        min_confidence=gate.min_confidence,
-        window_s=gate.speech_start_window,
-        cooldown_s=gate.barge_cooldown,
-        filler_words=gate.filler_words,
-    )
-
-
 async def refuse(websocket: WebSocket, message: str, kind: str = "invalid", code: int = 1008) -> None:
-    ERRORS.labels(websocket.url.path, kind).inc()
+    ERRORS.labels(websocket.scope["path"], kind).inc()
     with contextlib.suppress(Exception):
         await websocket.send_text(json.dumps({"type": "error", "message": message}))
         await websocket.close(code=code)
@@ -306,11 +296,12 @@ async def read_start(websocket: WebSocket, backends: Backends) -> tuple[Start, K
         return None
 
 
-async def history_owner(state: Any, session_id: str) -> str | None:
-    """The key whose turns the history store keeps under ``session_id`` (None: no turns)."""
+async def stored_by_others(state: Any, session_id: str, key_id: str) -> bool:
+    """Whether the history store keeps turns of another key under ``session_id``."""
     store = getattr(state, "history", None)
-    found = await asyncio.to_thread(store.turns, session_id) if store is not None else None
-    return found[0] if found else None
+    if store is None:
+        return False
+    return bool(await asyncio.to_thread(store.owners, session_id) - {key_id})
 
 
 def session_changes(start: Start) -> dict[str, Any]:
@@ -320,7 +311,7 @@ def session_changes(start: Start) -> dict[str, Any]:
         frame_ms=None,  # one AudioOut per sentence: one MP3 each
         partials=start.partials,
         language=start.lang,
-        barge_in=barge_rules(start.barge),
+        barge_in=start.barge,
     )
     if start.prompt is not None:
         changes["prompt"] = start.prompt
@@ -339,14 +330,26 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
     if opened is None:
         return
     start, key = opened
+    # The client chose the id: take it for this key before anything is awaited, so of two keys
+    # racing for one id only the first gets it; then check it was not another key's before.
+    claim = state.limits.claim(start.session_id, key.id)
+    if claim is None:
+        await refuse(websocket, "session_id is in use by another key")
+        return
+    with claim:
+        await serve_claimed(websocket, backends, start, key)
+
+
+async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, key: KeyInfo) -> None:
+    state = websocket.app.state
     sessions = SocaSessions.of(websocket, backends.settings)
     owner = owner_of(start.token)
-    previous = sessions.live.get(start.session_id)
-    if (previous.owner if previous else sessions.store.owner(start.session_id)) not in (None, owner) or (
-        await history_owner(state, start.session_id) not in (None, key.id)  # its turns are another key's
+    if sessions.store.owner(start.session_id) not in (None, owner) or await stored_by_others(
+        state, start.session_id, key.id
     ):
         await refuse(websocket, "session_id is in use by another key")
         return
+    previous = sessions.live.get(start.session_id)  # read after the await: the same key's, if any
     if previous is not None:
         previous.taken_over.set()  # the newest connection wins: the old one may be a dead network path
         with contextlib.suppress(TimeoutError):  # its lease is closed by then: it does not count twice
@@ -357,6 +360,7 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
         await refuse(websocket, exc.message, "rate_limited", exc.close_code)
         return
     with lease:  # closed on every path
+        hold_connection(websocket, lease)
         try:
             session = new_session(backends, **session_changes(start))
         except ValueError as exc:
@@ -364,7 +368,7 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
             return
         saved = sessions.store.take(start.session_id, owner)
         if saved is not None:
-            session.history.extend(saved.messages)  # stored already: the history listener comes after
+            session.history.insert(saved.messages)  # stored already: the history listener comes after
         voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
         keep_history(session, state, lease, voice.error, session_id=start.session_id)
         sessions.live[start.session_id] = voice
@@ -401,10 +405,18 @@ async def converse(voice: SocaVoice, resumed: bool) -> None:
             await websocket.close(code=1000)
 
 
-async def soca_endpoint(websocket: WebSocket) -> None:
-    """The route: no key check up front, since the start message carries the token."""
-    SESSIONS.labels(websocket.url.path).inc()
-    try:
-        await serve_soca(websocket, websocket.app.state.backends)
-    finally:
-        SESSIONS.labels(websocket.url.path).dec()
+class SocaRoute:
+    """The route (an ASGI app): no key check up front, since the start message carries the token."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connection = Connection(receive, send)  # the lease, once opened, ends with the socket
+        websocket = WebSocket(scope, connection.receive, connection.send)
+        websocket.state.connection = connection
+        SESSIONS.labels(self.path).inc()
+        try:
+            await serve_soca(websocket, scope["app"].state.backends)
+        finally:
+            SESSIONS.labels(self.path).dec()

@@ -29,12 +29,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voxloop.audio import codec
 from voxloop.audio.pcm import pcm16_to_float, write_wav
 from voxloop.backends.registry import Backends
+from voxloop.backends.stt.base import Transcript
 from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_message, run_session
 from voxloop.protocols.voice_agent.frames import FrameRejected, VisualContext, parse_frame
 from voxloop.protocols.voice_agent.wire import MAX_AUDIO_BYTES, audio_format, decode_base64
-from voxloop.server.guard import lease_of
+from voxloop.service.guard import lease_of
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class Reply:
     speaking: bool = False
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     tool_results: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str = "stop"  # the last LLM request's
+    usage: dict[str, int] = field(  # summed over the reply's LLM requests, in the AI SDK's names
+        default_factory=lambda: {"inputTokens": 0, "outputTokens": 0, "totalTokens": 0}
+    )
 
 
 class VoiceAgentConnection:
@@ -69,7 +74,6 @@ class VoiceAgentConnection:
         keep_history(session, websocket.app.state, self.lease, self.error)
         self.sending = asyncio.Lock()
         self.inputs: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(MAX_PENDING_INPUTS)
-        self.replies: dict[int, Reply] = {}
         self.next_chunk_id = 0
         self.interrupt_reason = "interrupted"  # the client's words for its last interrupt
         self.visual = VisualContext()
@@ -121,6 +125,7 @@ class VoiceAgentConnection:
             if len(text) > MAX_TEXT_CHARS:
                 raise ValueError(f"transcript too long ({len(text)} characters, at most {MAX_TEXT_CHARS})")
             await self.queue_input("text", text.strip())
+            await self.session.interrupt("new_input")  # as the SDK: the reply stops on receipt
         elif kind == "audio":
             hint = audio_format(message.get("format"))
             data = decode_base64(message.get("data"), MAX_AUDIO_BYTES, "audio")
@@ -160,14 +165,17 @@ class VoiceAgentConnection:
         while True:
             kind, payload = await self.inputs.get()
             try:
-                text = payload if kind == "text" else await self.transcribe(*payload)
-                if text:
-                    await self.session.reply(text)  # interrupts the reply under way: "new_input"
+                # a new turn interrupts the reply under way: "new_input"
+                if kind == "text":
+                    await self.session.reply(payload)
+                elif (heard := await self.transcribe(*payload)) is not None:
+                    await self.session.reply(heard.text.strip(), language=heard.language)
             except Exception as exc:  # one bad turn must not end the session
                 log.exception("voice-agent turn failed")
                 await self.error(f"turn failed: {exc}")
 
-    async def transcribe(self, data: bytes, hint: str | None) -> str | None:
+    async def transcribe(self, data: bytes, hint: str | None) -> Transcript | None:
+        """A clip as the engine takes an utterance (word check, language following), told to the client."""
         try:
             audio = await asyncio.to_thread(codec.decode_audio, data, hint)
         except codec.AudioFormatError as exc:
@@ -180,21 +188,24 @@ class VoiceAgentConnection:
         if not admitted:
             await self.error(refusal or "audio over this key's budget")
             return None
-        transcript = await self.session.transcribe(audio)
-        text = transcript.text.strip()
-        if not text:
+        transcript = await self.session.audio_turn(audio)
+        if transcript is None:
             await self.send({"type": "transcription_error", "error": "no speech was recognised"})
             return None
+        text = transcript.text.strip()
         await self.send({"type": "transcription_result", "text": text, "language": transcript.language})
-        return text
+        return transcript
 
     # ---- engine events -> wire -----------------------------------------------------------
 
     def reply_for(self, generation: int) -> Reply:
-        if generation not in self.replies:
-            self.replies = {g: r for g, r in self.replies.items() if g >= generation - 2}  # bounded
-            self.replies[generation] = Reply(generation, f"txt_{generation}")
-        return self.replies[generation]
+        """The wire state of a reply, kept on the engine's handle for it."""
+        handle = self.session.handle(generation)
+        if handle is None:  # long forgotten: its late events start nothing that lasts
+            return Reply(generation, f"txt_{generation}")
+        if handle.tag is None:
+            handle.tag = Reply(generation, f"txt_{generation}")
+        return handle.tag
 
     async def start(self, reply: Reply) -> None:
         if not reply.started:
@@ -244,10 +255,17 @@ class VoiceAgentConnection:
                     )
                 case events.AudioOut(pcm=pcm, generation=generation, text=text):
                     await self.audio_chunk(self.reply_for(generation), pcm, text)
+                case events.LlmUsage(generation=generation) as usage:
+                    reply = self.reply_for(generation)
+                    reply.finish_reason = usage.finish_reason
+                    reply.usage["inputTokens"] += usage.input_tokens
+                    reply.usage["outputTokens"] += usage.output_tokens
+                    reply.usage["totalTokens"] += usage.input_tokens + usage.output_tokens
                 case events.Interrupted(generation=generation, reason=reason):
                     await self.send({"type": "speech_interrupted", "reason": self.wire_reason(reason)})
                 case events.ResponseDone(generation=generation, text=text, interrupted=interrupted):
-                    reply = self.replies.pop(generation, None) or Reply(generation, "")
+                    handle = self.session.handle(generation)
+                    reply = handle.tag if handle is not None and handle.tag else Reply(generation, "")
                     await self.finish(reply, text, interrupted)
                 case events.Error(message=message, code=code):
                     await self.error(message, code=code)
@@ -277,16 +295,21 @@ class VoiceAgentConnection:
         )
 
     async def finish(self, reply: Reply, heard: str, interrupted: bool) -> None:
-        if reply.text_open:
-            await self.send({"type": "text_end", "id": reply.text_id})
-        if reply.reasoning_open:
-            await self.send({"type": "reasoning_end", "id": f"rsn_{reply.generation}"})
+        """The SDK's endings: text_end, stream_finish {finishReason, usage}, response_complete; or,
+        cut short, speech_stream_end, stream_abort and response_complete with the text so far."""
+        if not interrupted:
+            if reply.text_open:
+                await self.send({"type": "text_end", "id": reply.text_id})
+            if reply.reasoning_open:
+                await self.send({"type": "reasoning_end", "id": f"rsn_{reply.generation}"})
         if reply.speaking:
             await self.send({"type": "speech_stream_end"})
         if interrupted:
-            await self.send({"type": "stream_abort", "reason": "interrupted"})
-            return
-        await self.send({"type": "stream_finish", "finishReason": "stop"})
+            await self.send({"type": "stream_abort", "reason": self.interrupt_reason})
+        else:
+            await self.send(
+                {"type": "stream_finish", "finishReason": reply.finish_reason, "usage": reply.usage}
+            )
         await self.send(
             {
                 "type": "response_complete",

@@ -15,10 +15,9 @@ from collections import OrderedDict
 
 from starlette.requests import HTTPConnection, Request
 
-from voxloop.server.errors import ApiError
-from voxloop.server.keys import KeyInfo, KeyLimits, KeyStore, digest
-from voxloop.server.limits import LimitExceeded
-from voxloop.server.metrics import ERRORS
+from voxloop.service.errors import ApiError
+from voxloop.service.keys import KeyInfo, KeyLimits, KeyStore, digest
+from voxloop.service.limits import LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,12 @@ class KeyCheck:
 
 
 def require_key(request: Request) -> None:
-    """FastAPI dependency for HTTP API routes: the page, health and metrics stay public.
-    Each request counts against its key's message rate (429 over it)."""
+    """FastAPI dependency for HTTP API routes: the page and health stay public (metrics too,
+    unless VOXLOOP_METRICS_REQUIRE_KEY). Each request counts against its key's message rate (429
+    over it). The refusal is counted once, by the ApiError handler."""
     state = request.app.state
     info = state.keys.identify(KeyCheck.key_of(request))
     if info is None:
-        ERRORS.labels(request.url.path, "unauthorized").inc()
         raise ApiError(401, "unauthorized", "missing or invalid API key (X-API-Key or api_key)")
     try:
         state.limits.request(info)

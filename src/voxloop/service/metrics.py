@@ -1,6 +1,12 @@
-"""Prometheus metrics, exposed at ``GET /metrics``."""
+"""Prometheus metrics, exposed at ``GET /metrics`` (or on a separate address: VOXLOOP_METRICS_PORT).
+
+Label values come from the server only (route templates, error kinds), never from a client: a
+client that invents paths or session ids cannot add series (memory, and a leak of its values).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -25,3 +31,9 @@ TURN_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 INTERRUPTIONS = Counter("voxloop_interruptions_total", "Replies cut short by the user speaking")
+
+
+def endpoint_of(scope: Any) -> str:
+    """The route template of a request (``/v1/sessions/{session_id}``), never its raw path."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "other"

@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from voxloop.server.keys import KeyInfo, KeyStore
+from voxloop.service.keys import KeyInfo, KeyStore
 
 if TYPE_CHECKING:
-    from voxloop.server.admission import Admission
+    from voxloop.service.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class Lease:
         self.close_code = 1000
         self.closed = False
         self._reported_at = 0.0
+        self.claims: list[Claim] = []  # session ids this session holds, released when it closes
 
     def report_due(self) -> bool:
         """True at most once a second: a flooding client gets one limit error a second, not one
@@ -127,6 +128,8 @@ class Lease:
         if not self.closed:
             self.closed = True
             self.usage.leases.discard(self)
+            for claim in self.claims:
+                claim.release()
             self.limiter.closed.set()
 
     def __enter__(self) -> Lease:
@@ -134,6 +137,24 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Claim:
+    """One holder of a live session id (see :meth:`Limiter.claim`); released once."""
+
+    def __init__(self, limiter: Limiter, session_id: str) -> None:
+        self.limiter, self.session_id, self.released = limiter, session_id, False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.limiter._release(self.session_id)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Limiter:
@@ -147,6 +168,9 @@ class Limiter:
         self.admission: Admission | None = None  # the machine's capacity, over all keys
         self.closed = asyncio.Event()  # pulsed when a lease closes (drain waits on it)
         self._watcher: asyncio.Task[None] | None = None
+        # Session ids live now, on every protocol: id -> (owning key, holders). Checked and taken
+        # in one synchronous step, so two connections can never both take an id.
+        self.live_ids: dict[str, tuple[str, int]] = {}
 
     def _usage(self, key: KeyInfo) -> KeyUsage:
         usage = self.usage.get(key.id)
@@ -167,14 +191,34 @@ class Limiter:
             raise LimitExceeded(f"rate limit: this key already has {limit} open sessions")
         lease = Lease(self, usage)
         usage.leases.add(lease)
+        claim = self.claim(lease.session_id, key.id)
+        assert claim is not None  # 128 random bits: never live already
+        lease.claims.append(claim)
         return lease
 
-    def request(self, key: KeyInfo, audio_s: float = 0.0) -> None:
-        """One HTTP request of ``key`` (counts as a message, plus its audio); raises LimitExceeded."""
-        usage = self._usage(key)
-        usage.message()
-        if audio_s:
-            usage.spend_audio(audio_s)
+    def claim(self, session_id: str, key_id: str) -> Claim | None:
+        """Takes ``session_id`` for ``key_id`` while it is live, or None when another key holds it.
+        The same key may hold an id more than once (a Soca client reconnecting takes over)."""
+        owner, holders = self.live_ids.get(session_id, (key_id, 0))
+        if owner != key_id:
+            return None
+        self.live_ids[session_id] = (key_id, holders + 1)
+        return Claim(self, session_id)
+
+    def _release(self, session_id: str) -> None:
+        owner, holders = self.live_ids[session_id]
+        if holders > 1:
+            self.live_ids[session_id] = (owner, holders - 1)
+        else:
+            del self.live_ids[session_id]
+
+    def request(self, key: KeyInfo) -> None:
+        """One HTTP request of ``key`` (counts as a message); raises LimitExceeded."""
+        self._usage(key).message()
+
+    def spend_audio(self, key: KeyInfo, seconds: float) -> None:
+        """Audio of ``key`` outside a session (an HTTP clip); raises LimitExceeded over its budget."""
+        self._usage(key).spend_audio(seconds)
 
     def leases(self) -> list[Lease]:
         return [lease for usage in self.usage.values() for lease in usage.leases]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxloop.backends import workers
-from voxloop.server.limits import LimitExceeded
+from voxloop.service.limits import LimitExceeded
 
 LAG_CHECK_FROM = 2  # sessions open before the scheduler's lag may refuse one: the first always gets in
 
