@@ -18,6 +18,9 @@ BENCHES = [
     ["bench_voice_agent.py"],
     ["bench_room.py", "--turns", "10", "--rooms", "2,4", "--compare"],
     ["abuse.py", "--out", "bench/results/abuse.json"],
+    ["bench_llm_batch.py", "--runtime", "llama-cpp"],
+    ["bench_capacity.py", "--minutes", "1", "--out", "bench/results/capacity"],
+    # 20 sessions offered with admission on: the admitted ones' latency, the others' refusals
     ["soak.py", "--sessions", "20", "--minutes", "5", "--out", "bench/results/soak-20x5"],
 ]
 

@@ -5,6 +5,9 @@ another and listening to the spoken answers. Reported: errors (error events, tur
 dropped connections), voice-to-voice latency (last question sample sent -> first reply audio
 received) per time window, and server memory (RSS) over time; written as a JSON summary and a PNG.
 
+With admission on (the server's VOXLOOP_MAX_CONVERSATIONS), sessions beyond the server's capacity
+are refused at once (an error, close 1013): counted as refusals, not errors.
+
 Run:  .venv/bin/python bench/soak.py --sessions 20 --minutes 10 --out bench/soak
       (--sessions 4 --minutes 1 for a quick look; the target is 20 sessions, zero errors, memory
       flat within 10 % from the end of the first window to the end of the run)
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -40,6 +44,7 @@ QUESTIONS = [
 ]
 PROMPT = "You are a helpful assistant. Answer in one short sentence."
 TURN_TIMEOUT_S = 120
+REFUSAL_WAIT_S = 1.5  # a refusal comes within milliseconds of the handshake
 
 
 @dataclass
@@ -47,7 +52,9 @@ class Results:
     started: float = field(default_factory=time.monotonic)
     turns: list[tuple[float, float]] = field(default_factory=list)  # (at s since start, latency s)
     errors: list[tuple[float, str]] = field(default_factory=list)
+    refused: list[tuple[float, str]] = field(default_factory=list)  # sessions turned away at admission
     memory: list[tuple[float, float]] = field(default_factory=list)  # (at, RSS MB)
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # (at, server CPU seconds used)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
@@ -66,6 +73,10 @@ def converse(
         return
     seen_errors = 0
     try:
+        if refusal := refused(client):
+            with results.lock:
+                results.refused.append((results.now(), refusal))
+            return
         client.configure(PROMPT)
         time.sleep(rng.uniform(0, 3))  # stagger the sessions
         while time.monotonic() < until:
@@ -95,10 +106,27 @@ def converse(
         client.close()
 
 
+def refused(client: AgentClient) -> str | None:
+    """The refusal a session got at admission (error, close 1013), or None once it is served."""
+    deadline = time.monotonic() + REFUSAL_WAIT_S
+    while time.monotonic() < deadline:
+        if client.ws.close_code is not None:
+            errors = client.events("error")
+            return f"{client.ws.close_code}: {errors[0].get('data', '') if errors else ''}"
+        time.sleep(0.05)
+    return None
+
+
+def cpu_seconds(server: RunningServer) -> float:
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def sample_memory(server: RunningServer, done: threading.Event, results: Results, every_s: float) -> None:
     while not done.is_set():  # until the last conversation has finished its turn
         with results.lock:
             results.memory.append((results.now(), server.rss_mb()))
+            results.cpu.append((results.now(), cpu_seconds(server)))
         done.wait(every_s)
 
 
@@ -149,36 +177,56 @@ def plot(results: Results, rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def question_audio() -> list[np.ndarray]:
+    return [np.concatenate([espeak_16k(q), np.zeros(1600, np.float32)]) for q in QUESTIONS]
+
+
+def soak(
+    server: RunningServer, audio: list[np.ndarray], sessions: int, minutes: float, memory_every_s: float = 2
+) -> Results:
+    """``sessions`` conversations at once for ``minutes`` against a running server."""
+    results = Results()
+    until = time.monotonic() + minutes * 60
+    done = threading.Event()
+    sampler = threading.Thread(target=sample_memory, args=(server, done, results, memory_every_s))
+    sampler.start()
+    threads = [
+        threading.Thread(target=converse, args=(server, audio, until, results, seed))
+        for seed in range(sessions)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    sampler.join()
+    return results
+
+
+def cores_used(results: Results) -> float:
+    """Server CPU over the run, in cores (1.0 = one core busy all the time)."""
+    if len(results.cpu) < 2:
+        return 0.0
+    (t0, c0), (t1, c1) = results.cpu[0], results.cpu[-1]
+    return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--window-s", type=float, default=60)
     parser.add_argument("--memory-every-s", type=float, default=2)
+    parser.add_argument(
+        "--max-conversations", type=int, help="the server's admission limit (default: its own)"
+    )
     parser.add_argument("--out", default="bench/soak", help="writes <out>.json and <out>.png")
     args = parser.parse_args()
-    audio = [np.concatenate([espeak_16k(q), np.zeros(1600, np.float32)]) for q in QUESTIONS]
+    env = {} if args.max_conversations is None else {"VOXLOOP_MAX_CONVERSATIONS": str(args.max_conversations)}
     with tempfile.TemporaryDirectory() as logs:
-        server = start_server(Path(logs))
+        server = start_server(Path(logs), env=env)
         try:
-            results = Results()
-            duration = args.minutes * 60
-            until = time.monotonic() + duration
-            done = threading.Event()
-            sampler = threading.Thread(
-                target=sample_memory, args=(server, done, results, args.memory_every_s)
-            )
-            sampler.start()
-            threads = [
-                threading.Thread(target=converse, args=(server, audio, until, results, seed))
-                for seed in range(args.sessions)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            done.set()
-            sampler.join()
+            results = soak(server, question_audio(), args.sessions, args.minutes, args.memory_every_s)
             server_alive = server.process.poll() is None
         finally:
             server.stop()
@@ -196,6 +244,9 @@ def main() -> None:
         "turns": len(results.turns),
         "errors": len(results.errors),
         "error_samples": [e for _, e in results.errors[:20]],
+        "refused": len(results.refused),
+        "refusal_samples": [e for _, e in results.refused[:3]],
+        "server_cores": cores_used(results),
         "latency_ms": {
             key: float(np.percentile([lat for _, lat in results.turns], q) * 1000) if results.turns else None
             for key, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))
@@ -213,11 +264,14 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(summary_json, indent=2))
     title = f"voxloop soak: {args.sessions} sessions, {args.minutes:g} min, {len(results.errors)} errors"
+    if results.refused:
+        title += f", {len(results.refused)} refused at admission"
     plot(results, rows, out.with_suffix(".png"), title)
     print(summary("voice-to-voice", [lat for _, lat in results.turns]))
     for row in rows:
         print(json.dumps(row))
-    print(f"turns={len(results.turns)} errors={len(results.errors)} rss={summary_json['rss_mb']}")
+    print(f"turns={len(results.turns)} errors={len(results.errors)} refused={len(results.refused)}")
+    print(f"rss={summary_json['rss_mb']} server cores={summary_json['server_cores']:.2f}")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     key_audio_s_per_min: float = Field(0, ge=0, description="Seconds of audio per minute per key.")
     max_message_bytes: int = Field(4 << 20, ge=1024, description="Largest WebSocket message.")
     max_session_s: float = Field(4 * 3600, ge=0, description="Longest session (0 = unlimited).")
+    max_conversations: int = Field(
+        6, ge=0, description="Open sessions this machine serves at once, over all keys (0 = unlimited)."
+    )
+    admission_max_lag_s: float = Field(
+        3.0, ge=0, description="Refuse new sessions while waiting users' inference is this late (0 = off)."
+    )
     idle_timeout_s: float = Field(600, ge=0, description="A session with no client message this long ends.")
     drain_timeout_s: float = Field(5, ge=0, description="On SIGTERM, time given to sessions to close.")
 
@@ -93,6 +99,7 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 256
     llm_temperature: float = 0.6
+    llm_cache_mb: int = 256  # conversations' evaluated prompts kept while others use the model
     spoken_style: bool = Field(
         True, description="Append a 'short, plain spoken sentences' instruction to every prompt."
     )

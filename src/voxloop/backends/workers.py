@@ -1,74 +1,55 @@
 """Where blocking inference runs, so the event loop never waits on a model.
 
 Two lanes on a 2-core machine: ``speech`` (STT, TTS: short, urgent jobs that decide when the user
-hears something) and ``llm`` (long token streams, one at a time). Keeping the LLM on its own
-single worker means a long generation can never occupy every thread that speech needs.
+hears something) and ``llm`` (token streams, one chunk at a time). Keeping the LLM on its own
+single worker means a long generation can never occupy every thread that speech needs. Each lane
+serves the job due first (see ``scheduler``); a job's deadline comes from its conversation, set
+by the reply in :data:`DUE` for the LLM and TTS calls it makes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import TypeVar
+
+from voxloop.backends import scheduler
+from voxloop.backends.scheduler import Deadline, JobKind, Lane
 
 T = TypeVar("T")
 
-SPEECH = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voxloop-speech")
-LLM = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxloop-llm")
+SPEECH = Lane("speech", workers=2)
+LLM = Lane("llm", workers=1)
+LANES = (SPEECH, LLM)
 
-_DONE = object()
+# When the audio of the reply being made is due (monotonic time); unset: due now.
+DUE: ContextVar[Deadline | None] = ContextVar("voxloop_due", default=None)
 
 
-async def run_in(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
-    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+def _deadline() -> float | None:
+    due = DUE.get()
+    return due() if due is not None else None
+
+
+async def run_in(lane: Lane, fn: Callable[[], T], kind: JobKind = JobKind.OTHER) -> T:
+    """Runs ``fn`` on ``lane``, due when the current reply's audio is (now outside a reply)."""
+    return await scheduler.run(lane, kind, fn, _deadline())
 
 
 async def iterate_in(
-    executor: ThreadPoolExecutor, make_iterator: Callable[[], Iterator[T]], buffer: int = 4
+    lane: Lane,
+    make_iterator: Callable[[], Iterator[T]],
+    kind: JobKind = JobKind.OTHER,
+    chunk: int = 1,
+    first_kind: JobKind | None = None,
 ) -> AsyncIterator[T]:
-    """Drive a blocking iterator on ``executor`` and yield its items on the loop.
+    """Drives a blocking iterator on ``lane``, ``chunk`` items a job, each job due when the
+    current reply's audio is. Closing the async iterator stops the producer after its chunk."""
+    due = DUE.get()
+    async for item in scheduler.iterate(lane, kind, make_iterator, due, chunk, first_kind):
+        yield item
 
-    At most ``buffer`` items wait in the queue (the producer blocks beyond that). Closing the
-    async iterator early tells the producer to stop after its current item.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=buffer)
-    stop = threading.Event()
 
-    def put(item: object) -> None:
-        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-        while not stop.is_set():
-            try:
-                future.result(timeout=0.1)
-                return
-            except TimeoutError:
-                continue
-        future.cancel()
-
-    def produce() -> None:
-        try:
-            for item in make_iterator():
-                if stop.is_set():
-                    return
-                put(item)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
-            return
-        put(_DONE)
-
-    producer = loop.run_in_executor(executor, produce)
-    try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        # The producer notices `stop` within 0.1 s or after its current item; not awaited, so
-        # an interrupted consumer is released at once.
-        del producer
+def lag() -> float:
+    """How late the most overdue job anyone is waiting for is, over all lanes (seconds)."""
+    return max(lane.lag() for lane in LANES)

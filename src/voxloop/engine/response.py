@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
+from voxloop.backends import workers
 from voxloop.backends.llm.base import (
     ChatMessage,
     LlmError,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_TOOL_ROUNDS = 4
 FILLER_AFTER_S = 1.0  # a tool running longer than this gets a spoken filler: no dead air
 CLIENT_TOOL_TIMEOUT_S = 30.0
+DUE_MARGIN_S = 0.5  # the next piece's LLM text and synthesis take about this under load
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Response:
     held_events: list[events.Event] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    synthesized_s: float = 0.0  # audio made so far
 
     def __post_init__(self) -> None:
         self.resumed.set()
@@ -94,6 +97,15 @@ class Response:
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._synthesize())]
+
+    def due(self) -> float:
+        """When this reply's next audio is needed, the deadline of its LLM and TTS jobs: since the
+        user stopped speaking until it has some audio, then when the audio made so far will
+        have played (less the time to render the next piece)."""
+        if not self.synthesized_s:
+            return self.speech_end
+        started = self.timings.get("first_byte_sent", self.timings.get("tts_first_audio", 0.0))
+        return self.speech_end + started + self.synthesized_s - DUE_MARGIN_S
 
     def mark(self, name: str) -> None:
         self.timings.setdefault(name, time.monotonic() - self.speech_end)
@@ -127,6 +139,7 @@ class Response:
 
     async def _write(self) -> None:
         setup = self.setup
+        workers.DUE.set(self.due)
         tools = setup.server_tools.specs() + setup.client_tools
         try:
             for _ in range(MAX_TOOL_ROUNDS):
@@ -193,6 +206,7 @@ class Response:
 
     async def _synthesize(self) -> None:
         setup = self.setup
+        workers.DUE.set(self.due)
         try:
             while (piece := await self._pieces.get()) is not None:
                 speech = speak(
@@ -206,6 +220,7 @@ class Response:
                 )
                 async for rendered in speech:
                     self.mark("tts_first_audio")
+                    self.synthesized_s += rendered.duration
                     await self.audio.put(rendered)
         except Exception as exc:  # a failed piece ends the reply, not the session
             await self.send(events.Error(f"speech synthesis failed: {exc}", "tts_error", self.generation))

@@ -31,6 +31,7 @@ from voxloop.audio.pcm import StreamResampler, pcm16_to_float, resample
 from voxloop.backends import workers
 from voxloop.backends.llm.base import ChatMessage, ToolCall, ToolSpec
 from voxloop.backends.registry import Backends
+from voxloop.backends.scheduler import JobKind
 from voxloop.backends.stt.base import Transcript
 from voxloop.backends.tts.voices import UnknownLanguage
 from voxloop.engine import events
@@ -298,7 +299,9 @@ class Session:
         if not self.closed and not self.outbox.full():
             self.outbox.put_nowait(events.Error(f"internal error: {exc}"))
 
-    async def transcribe(self, audio: np.ndarray | bytes, rate: int = VAD_RATE) -> Transcript:
+    async def transcribe(
+        self, audio: np.ndarray | bytes, rate: int = VAD_RATE, kind: JobKind = JobKind.STT_FINAL
+    ) -> Transcript:
         """Audio (float32 samples, or S16LE bytes) at ``rate`` -> text, in the session's language or,
         with detect_language, any.
 
@@ -314,7 +317,7 @@ class Session:
         if audio.size == 0:
             return Transcript("", config.language, 0.0, confidence=0.0)
         run = lambda language: workers.run_in(  # noqa: E731
-            workers.SPEECH, lambda: stt.transcribe(audio, language)
+            workers.SPEECH, lambda: stt.transcribe(audio, language), kind
         )
         if not config.detect_language:
             return await run(config.language)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from voxloop.backends.scheduler import JobKind, Shed
 from voxloop.backends.stt.base import Transcript
 from voxloop.engine import events
 from voxloop.engine.barge_in import meaningful_words
@@ -144,7 +145,7 @@ class TurnTaker:
     async def _turn(self, pending: PendingTurn) -> None:
         response: Response | None = None
         try:
-            transcript = await self.session.transcribe(pending.audio)
+            transcript = await self._transcribe_turn(pending)
             text = transcript.text
             self.end_of_turn.heard(pending.audio_end, text)  # mid-sentence words hold the turn open
             stt_done = time.monotonic() - pending.speech_end
@@ -210,12 +211,23 @@ class TurnTaker:
         self.partial_at = position
         self.partial = self.session._spawn(self._send_partial(self.segmenter.utterance_audio()))
 
+    async def _transcribe_turn(self, pending: PendingTurn) -> Transcript:
+        if pending.committed.is_set():
+            return await self.session.transcribe(pending.audio)
+        try:
+            return await self.session.transcribe(pending.audio, kind=JobKind.STT_SPECULATIVE)
+        except Shed:  # the speech lane is behind: transcribe once, when the user has finished
+            await pending.committed.wait()
+            return await self.session.transcribe(pending.audio)
+
     async def _send_partial(self, audio: np.ndarray) -> None:
         try:
-            transcript = await self.session.transcribe(audio)
+            transcript = await self.session.transcribe(audio, kind=JobKind.STT_PARTIAL)
             text = transcript.text.strip()
             if text and self.segmenter.speaking:
                 await self.session.emit(events.TranscriptPartial(text, transcript.confidence))
+        except Shed:
+            pass  # the speech lane is behind: no partial this time
         finally:
             self.partial = None
 

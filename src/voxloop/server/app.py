@@ -27,6 +27,7 @@ from voxloop.protocols.realtime import endpoint as realtime
 from voxloop.protocols.selam.server import mount_selam
 from voxloop.protocols.soca.voice import SocaRoute
 from voxloop.protocols.voice_agent import agent as voice_agent
+from voxloop.service.admission import Admission
 from voxloop.service.auth import KeyCheck, require_key
 from voxloop.service.errors import ApiError, install_error_handlers
 from voxloop.service.guard import GuardedRoute
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
     store = KeyStore(settings.keys_path, defaults)
     keys = KeyCheck(settings.api_keys, store, defaults)
     limits = Limiter(store, settings.max_session_s, settings.idle_timeout_s)
+    limits.admission = Admission(settings.max_conversations, settings.admission_max_lag_s)
     history = ConversationStore(settings.history_path) if settings.history_enabled else None
     builtin_tools.subset(settings.server_tools)  # a misspelt tool name fails at start, not per session
 
@@ -95,6 +97,17 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         if not state.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """For a load balancer: 503 while loading, draining or saturated (send the next session
+        elsewhere), 200 otherwise; the body has the load figures."""
+        state = request.app.state
+        body = limits.admission.load(len(limits.leases())) if limits.admission else {}
+        body["draining"] = limits.draining
+        ready = state.ready.is_set() and not limits.draining and not body.get("saturated")
+        body["status"] = "ready" if ready else "unavailable"
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     if not settings.metrics_port:  # else the CLI serves them on their own address
         metrics_guard = [Depends(require_key)] if settings.metrics_require_key else []

@@ -183,8 +183,7 @@ class GuardedRoute:
         try:
             lease = state.limits.open_session(info)
         except LimitExceeded as exc:
-            code = 1013 if exc.status == 429 else 1001
-            await self.refuse(websocket, exc.message, "rate_limited", code, exc.status)
+            await self.refuse(websocket, exc.message, "rate_limited", exc.close_code, exc.status)
             return
         websocket.state.lease = lease
         connection.hold(lease)

@@ -15,8 +15,12 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from voxloop.service.keys import KeyInfo, KeyStore
+
+if TYPE_CHECKING:
+    from voxloop.service.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +31,14 @@ REVOKED_POLL_S = 2.0  # the CLI revokes by writing the store; the server notices
 
 
 class LimitExceeded(Exception):
-    """Over a limit: ``message`` is for the client; ``status`` is the HTTP status to answer."""
+    """Over a limit: ``message`` is for the client; ``status`` is the HTTP status to answer and
+    ``close_code`` the WebSocket one (1013 "try again later" for rate limits and capacity, 1001
+    while the server goes away)."""
 
-    def __init__(self, message: str, status: int = 429) -> None:
+    def __init__(self, message: str, status: int = 429, close_code: int | None = None) -> None:
         super().__init__(message)
         self.message, self.status = message, status
+        self.close_code = close_code or (1013 if status == 429 else 1001)
 
 
 class TokenBucket:
@@ -158,6 +165,7 @@ class Limiter:
         self.max_session_s, self.idle_timeout_s = max_session_s, idle_timeout_s
         self.usage: dict[str, KeyUsage] = {}  # bounded: one entry per valid key
         self.draining = False
+        self.admission: Admission | None = None  # the machine's capacity, over all keys
         self.closed = asyncio.Event()  # pulsed when a lease closes (drain waits on it)
         self._watcher: asyncio.Task[None] | None = None
         # Session ids live now, on every protocol: id -> (owning key, holders). Checked and taken
@@ -175,6 +183,8 @@ class Limiter:
         """A lease for a new session of ``key``; raises LimitExceeded (503 while draining)."""
         if self.draining:
             raise LimitExceeded("server shutting down", status=503)
+        if self.admission is not None:
+            self.admission.check(len(self.leases()))
         usage = self._usage(key)
         limit = key.limits.max_sessions
         if limit and len(usage.leases) >= limit:

@@ -1,19 +1,28 @@
-"""Embedded llama.cpp (llama-cpp-python) running a GGUF model in-process, on the LLM worker lane."""
+"""Embedded llama.cpp (llama-cpp-python) running a GGUF model in-process, on the LLM worker lane.
+
+Replies are generated a few tokens per scheduler job, so the lane can switch to whichever
+conversation's audio is due first; each conversation's evaluated prompt is kept in a
+:class:`PrefixCache` while others use the model.
+"""
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
+import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+import llama_cpp
 from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from voxloop.backends import workers
 from voxloop.backends.llm.base import (
@@ -27,6 +36,8 @@ from voxloop.backends.llm.base import (
     finish_reason_of,
 )
 from voxloop.backends.llm.openai_http import openai_messages, openai_tools
+from voxloop.backends.llm.prefix_cache import PrefixCache
+from voxloop.backends.scheduler import JobKind
 from voxloop.config import Settings
 from voxloop.models import LLM_MODELS, ModelUnavailable, SplitModel
 
@@ -35,6 +46,7 @@ log = logging.getLogger(__name__)
 # Sent after tool results. Without it the embedded Qwen2.5-Coder-0.5B answers a <tool_response> by
 # repeating the call it just made (every phrasing and result format tried); with it, it answers.
 _ANSWER_FROM_TOOL_RESULTS = "Now answer my question in a sentence, without calling a tool."
+TOKENS_PER_JOB = 8  # ~0.25 s of decoding: how long a due reply may wait for another's chunk
 
 
 class LlamaLlm:
@@ -59,7 +71,10 @@ class LlamaLlm:
         self.name = f"llama:{Path(settings.llm_model).name}"
         self.accepts_images = False  # the embedded models read text only
         self._llama: Llama | None = None
+        self._format: Jinja2ChatFormatter | None = None
         self._load_lock = threading.Lock()
+        self._cache = PrefixCache(settings.llm_cache_mb << 20)
+        self._owner: object = None  # the generation whose tokens the model holds
 
     def model_path(self) -> Path:
         """The GGUF file, assembled from its packages on first use."""
@@ -83,13 +98,16 @@ class LlamaLlm:
                 try:
                     # One thread while generating, both for the prompt: generation with 2 threads
                     # collapses whenever the other core is busy with speech (see MODELS.md).
-                    self._llama = Llama(
-                        model_path=str(path),
-                        n_ctx=self._settings.llm_context,
-                        n_threads=self._settings.llm_threads,
-                        n_threads_batch=self._settings.llm_batch_threads,
-                        verbose=False,
-                    )
+                    with _no_amx_repacking():
+                        llama = Llama(
+                            model_path=str(path),
+                            n_ctx=self._settings.llm_context,
+                            n_threads=self._settings.llm_threads,
+                            n_threads_batch=self._settings.llm_batch_threads,
+                            verbose=False,
+                        )
+                    self._format = _chat_format(llama)
+                    self._llama = llama
                 except Exception as exc:  # llama-cpp-python raises bare ValueErrors for bad files
                     raise LlmError(f"llama.cpp could not load {path}: {exc}") from exc
                 log.info("loaded %s in %.2f s", path, time.perf_counter() - started)
@@ -102,7 +120,7 @@ class LlamaLlm:
         """
         messages = [ChatMessage("system", system_prompt)] if system_prompt else [ChatMessage("user", "Hi")]
         request = self._request(messages, tools, max_tokens=1, temperature=0.0)
-        workers.LLM.submit(lambda: list(self._generate(request))).result()
+        workers.LLM.submit(JobKind.LLM_PREFILL, lambda: list(self._generate(request))).result()
 
     async def stream(
         self,
@@ -115,7 +133,14 @@ class LlamaLlm:
         calls = ToolCallFilter({tool.name for tool in tools}) if tools else None
         # aclosing: an early aclose() of this generator must reach iterate_in at once, which is
         # what stops the llama thread; an unclosed inner generator would be finalised much later.
-        async with aclosing(workers.iterate_in(workers.LLM, lambda: self._generate(request))) as pieces:
+        generate = workers.iterate_in(
+            workers.LLM,
+            lambda: self._generate(request),
+            JobKind.LLM_DECODE,
+            chunk=TOKENS_PER_JOB,
+            first_kind=JobKind.LLM_PREFILL,
+        )
+        async with aclosing(generate) as pieces:
             usage = None
             async for piece in pieces:
                 if isinstance(piece, Usage):
@@ -147,29 +172,100 @@ class LlamaLlm:
             "tools": openai_tools(tools) or None,
             "max_tokens": max_tokens or self._settings.llm_max_tokens,
             "temperature": self._settings.llm_temperature if temperature is None else temperature,
-            "stream": True,
         }
 
     def _generate(self, request: dict[str, Any]) -> Iterator[str | Usage]:
-        """Runs on the LLM thread, one token per step; the caller stops it by not asking for more.
-        The last item is the Usage (the context then holds the prompt and all but the last token)."""
+        """Text pieces, a token at a time, on the LLM lane; the caller stops it by not asking for more.
+        The last item is the Usage.
+
+        Between two pieces other conversations may have used the model (the lane serves whichever
+        reply is due first): then this one's tokens are put back before it goes on.
+        """
         model = self._model()
+        assert self._format is not None
         try:
-            chunks = cast(Generator[Any, None, None], model.create_chat_completion(**request))
-            tokens, reason = 0, None
-            try:
-                for chunk in chunks:
-                    choice = chunk["choices"][0]
-                    reason = choice.get("finish_reason") or reason
-                    content = choice["delta"].get("content")
-                    if content:
-                        tokens += 1
-                        yield content
-            finally:
-                chunks.close()
-            yield Usage(finish_reason_of(reason), max(0, model.n_tokens - tokens + 1), tokens)
+            prompt = self._format(messages=request["messages"], tools=request["tools"]).prompt
+            tokens = model.tokenize(prompt.encode(), add_bos=True, special=True)
+            if len(tokens) >= model.n_ctx():
+                raise LlmError(f"the conversation ({len(tokens)} tokens) exceeds the context")
+            text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            me, produced, prompt_tokens, reason = object(), 0, len(tokens), "length"
+            vocab = model._model.vocab
+            while produced < request["max_tokens"] and reason == "length":
+                self._take_over(model, tokens, me)
+                sampled = model.generate(
+                    tokens, temp=request["temperature"], top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0
+                )
+                for token in sampled:
+                    if llama_cpp.llama_vocab_is_eog(vocab, token) or len(tokens) >= model.n_ctx() - 1:
+                        reason = "stop" if llama_cpp.llama_vocab_is_eog(vocab, token) else "length"
+                        break
+                    tokens.append(token)
+                    produced += 1
+                    if piece := text.decode(model.detokenize([token])):
+                        yield piece
+                    if produced >= request["max_tokens"] or self._owner is not me:
+                        break  # done, or another conversation used the model meanwhile
+                sampled.close()
+                if len(tokens) >= model.n_ctx() - 1:
+                    break
+            yield Usage(finish_reason_of(reason), prompt_tokens, produced)
+        except LlmError:
+            raise
         except Exception as exc:  # template error, context overflow, decode failure
             raise LlmError(f"llama.cpp generation failed: {exc}") from exc
+
+    def _take_over(self, model: Llama, tokens: list[int], owner: object) -> None:
+        """Makes the model hold as much of ``tokens`` as it can: the outgoing conversation's
+        evaluated tokens are saved, this one's restored from the cache."""
+        if self._owner is not owner:
+            if self._owner is not None:
+                self._cache.save(model)
+            self._cache.restore(model, tokens)
+            self._owner = owner
+        # The prompt on both cores only while they are free (no speech job, a machine not loaded
+        # by others): two threads collapse (3-10x slower here) when one waits for a busy core.
+        settings = self._settings
+        idle = workers.SPEECH.busy() == 0 and workers.SPEECH.waiting() == 0
+        free = idle and os.getloadavg()[0] < (os.cpu_count() or 1)
+        batch_threads = settings.llm_batch_threads if free else settings.llm_threads
+        llama_cpp.llama_set_n_threads(model._ctx.ctx, settings.llm_threads, batch_threads)
+
+
+def _chat_format(model: Llama) -> Jinja2ChatFormatter:
+    """The GGUF's own chat template, as llama-cpp-python's chat completions render it."""
+    template = model.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise LlmError("the GGUF has no chat template")
+    eos, bos = model.token_eos(), model.token_bos()
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=model._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=model._model.token_get_text(bos) if bos != -1 else "",
+    )
+
+
+@contextmanager
+def _no_amx_repacking() -> Iterator[None]:
+    """A llama.cpp built with AMX repacks weights for it where the CPU reports AMX; on this
+    project's VMs those kernels die with SIGILL on any multi-token batch, so such a build loads
+    the model without extra buffer types (plain AVX-512 kernels). Llama() has no argument for it:
+    its defaults are wrapped while it loads."""
+    default = llama_cpp.llama_cpp.llama_model_default_params
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        yield
+        return
+
+    def params() -> llama_cpp.llama_model_params:
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    llama_cpp.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default
 
 
 _TAG = "<tool_call>"

@@ -9,6 +9,7 @@ import numpy as np
 
 from voxloop.audio.pcm import float_to_pcm16, resample
 from voxloop.backends import workers
+from voxloop.backends.scheduler import JobKind
 from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.voices import Speaker
 
@@ -45,7 +46,7 @@ async def speak(
             )
             yield RenderedSpeech(float_to_pcm16(audio), sample_rate, chunk.text, audio, reference)
 
-    async for rendered in workers.iterate_in(workers.SPEECH, render, buffer=2):
+    async for rendered in workers.iterate_in(workers.SPEECH, render, JobKind.TTS):
         yield rendered
 
 

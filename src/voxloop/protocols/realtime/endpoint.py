@@ -24,7 +24,12 @@ SUBPROTOCOL = "realtime"
 BETA_PROTOCOL = "openai-beta.realtime-v1"
 DEFAULT_MODEL = "gpt-realtime"
 # The gate's refusals and endings, as OpenAI error codes.
-ERROR_CODES = {"unauthorized": "invalid_api_key", "forbidden": "forbidden", "rate": "rate_limit_exceeded"}
+ERROR_CODES = {
+    "unauthorized": "invalid_api_key",
+    "forbidden": "forbidden",
+    "rate": "rate_limit_exceeded",
+    "server at capacity": "server_busy",
+}
 
 
 def error_shape(message: str) -> str:

@@ -38,7 +38,7 @@ MAX_QUEUED = 64  # packets waiting for a client before its emits wait (bounded m
 STALL_S = 10.0  # a client that reads nothing for this long is disconnected
 PING_INTERVAL_S, PING_TIMEOUT_S = 10, 10
 REFUSE_AFTER_S = 0.5  # a refused client is disconnected this long after its error
-RATE_LIMITED, SHUTTING_DOWN = "rate_limited", "server_shutting_down"  # error codes
+RATE_LIMITED, SHUTTING_DOWN, SERVER_BUSY = "rate_limited", "server_shutting_down", "server_busy"  # codes
 
 
 class SelamNamespace(socketio.AsyncNamespace):
@@ -128,7 +128,8 @@ class SelamNamespace(socketio.AsyncNamespace):
             lease = state.limits.open_session(info)
         except LimitExceeded as exc:
             if exc.status == 503:
-                return await self.refuse(sid, SelamError("session_error", exc.message, SHUTTING_DOWN))
+                code = SHUTTING_DOWN if state.limits.draining else SERVER_BUSY
+                return await self.refuse(sid, SelamError("session_error", exc.message, code))
             return await self.refuse(sid, SelamError("authorization_error", exc.message, RATE_LIMITED))
         self.leases[sid] = lease
         self.watches[sid] = asyncio.create_task(self.watch(sid, lease))

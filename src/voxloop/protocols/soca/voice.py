@@ -357,7 +357,7 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
     try:
         lease = state.limits.open_session(key)
     except LimitExceeded as exc:
-        await refuse(websocket, exc.message, "rate_limited", 1013 if exc.status == 429 else 1001)
+        await refuse(websocket, exc.message, "rate_limited", exc.close_code)
         return
     with lease:  # closed on every path
         hold_connection(websocket, lease)

@@ -1,0 +1,234 @@
+"""Inference ordered by when its audio is due: earliest deadline first, speculation shed under load.
+
+A spoken reply only has to stay ahead of its own playout, so the lanes (a few worker threads
+each, see ``workers``) do not serve jobs in arrival order: each job carries a deadline, the
+monotonic time by which its result is needed (a user waiting for the first word: now; a reply
+with three seconds of audio buffered: three seconds from now), and a free worker takes the job
+due first. Long streams (LLM tokens, TTS sentences) are split into one job per chunk, each
+queued with a fresh deadline, so a waiting user's first token overtakes another reply's later
+sentences.
+
+Partial transcripts and speculative STT only make replies a little faster; when the lane is
+behind (a job a user waits for is already late) they are shed, failing with :class:`Shed`,
+before anything a user is waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram
+
+T = TypeVar("T")
+
+
+class JobKind(StrEnum):
+    STT_FINAL = "stt_final"
+    STT_SPECULATIVE = "stt_speculative"
+    STT_PARTIAL = "stt_partial"
+    LLM_PREFILL = "llm_prefill"
+    LLM_DECODE = "llm_decode"
+    TTS = "tts"
+    OTHER = "other"
+
+
+SHEDDABLE = frozenset({JobKind.STT_PARTIAL, JobKind.STT_SPECULATIVE})
+
+QUEUE_WAIT = Histogram(
+    "voxloop_queue_wait_seconds",
+    "Time an inference job waited for a worker, by job kind",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+SHED = Counter("voxloop_jobs_shed", "Jobs shed under load, by job kind", ["kind"])
+LAG = Gauge("voxloop_scheduler_lag_seconds", "How late the most overdue waiting job is, by lane", ["lane"])
+
+
+class Shed(Exception):
+    """The job was dropped because the lane is behind with work a user is waiting for."""
+
+
+@dataclass(order=True)
+class _Job:
+    deadline: float
+    order: int
+    kind: JobKind = field(compare=False)
+    fn: Callable[[], Any] = field(compare=False)
+    future: Future[Any] = field(compare=False)
+    queued_at: float = field(compare=False)
+
+
+class Lane:
+    """Worker threads that always take the waiting job with the earliest deadline.
+
+    ``workers=0`` starts no threads: a test calls :meth:`run_next` to run jobs one at a time, in
+    the order the lane chooses, with a fake ``clock``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workers: int,
+        shed_after_s: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name, self.clock, self.shed_after_s = name, clock, shed_after_s
+        self._queue: list[_Job] = []
+        self._order = itertools.count()
+        self._ready = threading.Condition()
+        self._busy = 0
+        for index in range(workers):
+            threading.Thread(target=self._work, name=f"voxloop-{name}-{index}", daemon=True).start()
+
+    def submit(self, kind: JobKind, fn: Callable[[], T], deadline: float | None = None) -> Future[T]:
+        """Queues ``fn``; its future fails with :class:`Shed` if it is shed."""
+        future: Future[T] = Future()
+        now = self.clock()
+        with self._ready:
+            if kind in SHEDDABLE and self._behind(now):
+                SHED.labels(kind.value).inc()
+                future.set_exception(Shed(f"{kind.value} shed: the {self.name} lane is behind"))
+                return future
+            job = _Job(now if deadline is None else deadline, next(self._order), kind, fn, future, now)
+            heapq.heappush(self._queue, job)
+            self._ready.notify()
+        return future
+
+    def lag(self) -> float:
+        """Seconds by which the most overdue job a user waits for has missed its deadline (0 if none)."""
+        now = self.clock()
+        with self._ready:
+            late = [now - job.deadline for job in self._queue if job.kind not in SHEDDABLE]
+        return max([0.0, *late])
+
+    def waiting(self) -> int:
+        with self._ready:
+            return len(self._queue)
+
+    def busy(self) -> int:
+        with self._ready:
+            return self._busy
+
+    def run_next(self) -> bool:
+        """Runs the job due first on this thread; False if none is waiting."""
+        with self._ready:
+            job = self._take()
+        if job is None:
+            return False
+        self._run(job)
+        return True
+
+    def _behind(self, now: float) -> bool:
+        return any(
+            job.kind not in SHEDDABLE and now - job.deadline > self.shed_after_s for job in self._queue
+        )
+
+    def _take(self) -> _Job | None:
+        """Pops the earliest deadline; sheds waiting speculation first when the lane is behind."""
+        now = self.clock()
+        if self._behind(now):
+            kept = []
+            for job in self._queue:
+                if job.kind not in SHEDDABLE:
+                    kept.append(job)
+                elif job.future.set_running_or_notify_cancel():  # a cancelled one only goes
+                    SHED.labels(job.kind.value).inc()
+                    job.future.set_exception(Shed(f"{job.kind.value} shed: the {self.name} lane is behind"))
+            self._queue = kept
+            heapq.heapify(self._queue)
+        while self._queue:
+            job = heapq.heappop(self._queue)
+            if job.future.set_running_or_notify_cancel():
+                QUEUE_WAIT.labels(job.kind.value).observe(max(0.0, now - job.queued_at))
+                self._busy += 1
+                return job
+        return None
+
+    def _run(self, job: _Job) -> None:
+        try:
+            job.future.set_result(job.fn())
+        except BaseException as exc:  # handed to whoever awaits the job
+            job.future.set_exception(exc)
+        finally:
+            with self._ready:
+                self._busy -= 1
+            LAG.labels(self.name).set(self.lag())
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                job = self._take()
+                while job is None:
+                    self._ready.wait()
+                    job = self._take()
+            self._run(job)
+
+
+Deadline = Callable[[], float]
+
+
+async def run(lane: Lane, kind: JobKind, fn: Callable[[], T], deadline: float | None = None) -> T:
+    """Runs ``fn`` on ``lane`` and awaits its result. A cancelled caller drops a job not yet started."""
+    future = lane.submit(kind, fn, deadline)
+    try:
+        return await asyncio.wrap_future(future)
+    finally:
+        future.cancel()  # no effect once it runs
+
+
+async def iterate(
+    lane: Lane,
+    kind: JobKind,
+    make_iterator: Callable[[], Iterator[T]],
+    deadline: Deadline | None = None,
+    chunk: int = 1,
+    first_kind: JobKind | None = None,
+) -> AsyncIterator[T]:
+    """Drives a blocking iterator on ``lane``, ``chunk`` items per job, each job queued with the
+    deadline ``deadline()`` gives when it is queued (default: now). The first job (``first_kind``,
+    e.g. a prompt's prefill) makes one item, so the first item is not held back by the chunk.
+
+    One chunk is computed ahead while the caller handles the previous one. Closing the async
+    iterator drops the next chunk if it has not started and closes the blocking iterator.
+    """
+    iterator: Iterator[T] | None = None
+    lock = threading.Lock()  # jobs of one stream never overlap, even on a many-worker lane
+
+    def step(size: int) -> tuple[list[T], bool]:
+        nonlocal iterator
+        with lock:
+            if iterator is None:
+                iterator = make_iterator()
+            items = list(itertools.islice(iterator, size))
+            return items, len(items) < size
+
+    def queue(job_kind: JobKind = kind, size: int = chunk) -> Future[tuple[list[T], bool]]:
+        return lane.submit(job_kind, lambda: step(size), deadline() if deadline else None)
+
+    pending = queue(first_kind or kind, 1)
+    try:
+        while True:
+            items, finished = await asyncio.wrap_future(pending)
+            if not finished:
+                pending = queue()
+            for item in items:
+                yield item
+            if finished:
+                return
+    finally:
+        pending.cancel()
+
+        def close() -> None:  # on a worker, after any running chunk: a generator's finally runs here
+            with lock:
+                getattr(iterator, "close", lambda: None)()
+
+        lane.submit(kind, close)
