@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
+from pathlib import Path
 
 import httpx
 import pytest
@@ -161,7 +162,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-cpp-python's own OpenAI-compatible server on the embedded 0.5B model."""
     port = free_port()
     model = QWEN_05B.assemble(Settings().cache_dir)
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"]
+    command = [sys.executable, str(Path(__file__).with_name("llama_peer.py")), "--model", str(model)]
+    command += ["--host", "127.0.0.1"]
     command += ["--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "2"]
     log = tmp_path_factory.mktemp("llama_server") / "server.log"
     with log.open("wb") as sink:  # a file, not a pipe: llama.cpp's load log would fill a pipe and block

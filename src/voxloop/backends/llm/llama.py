@@ -98,7 +98,7 @@ class LlamaLlm:
                 try:
                     # One thread while generating, both for the prompt: generation with 2 threads
                     # collapses whenever the other core is busy with speech (see MODELS.md).
-                    with _no_amx_repacking():
+                    with no_amx_repacking():
                         llama = Llama(
                             model_path=str(path),
                             n_ctx=self._settings.llm_context,
@@ -246,7 +246,7 @@ def _chat_format(model: Llama) -> Jinja2ChatFormatter:
 
 
 @contextmanager
-def _no_amx_repacking() -> Iterator[None]:
+def no_amx_repacking() -> Iterator[None]:
     """A llama.cpp built with AMX repacks weights for it where the CPU reports AMX; on this
     project's VMs those kernels die with SIGILL on any multi-token batch, so such a build loads
     the model without extra buffer types (plain AVX-512 kernels). Llama() has no argument for it:
