@@ -172,6 +172,28 @@ def test_tts_errors_do_not_echo_internals_and_odd_text_is_spoken(server: Running
     assert tracebacks(server) == before
 
 
+def test_clients_that_stop_reading_long_speech_do_not_starve_a_new_request(server: RunningServer) -> None:
+    """Each piece of speech is due when the audio before it would have played out, so four clients
+    that asked for minutes of speech and read none of it (their socket buffers still take
+    megabytes) wait behind a new request's first words instead of holding the speech workers."""
+    readers = []
+    for _ in range(4):
+        peer = RawPeer(server.port, "/ws/tts?api_key=config-key")
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.send_json({"text": "A long story about the sea. " * 150, "voice": "F1"})
+        readers.append(peer)
+    try:
+        with connect(f"{server.ws}/ws/tts?api_key=config-key") as ws:
+            ws.send(json.dumps({"text": "All good.", "voice": "F1"}))
+            audio = 0
+            while (reply := ws.recv(timeout=30)) != "EOS":
+                audio += len(reply) if isinstance(reply, bytes) else 0
+            assert audio > 0
+    finally:
+        for peer in readers:
+            peer.abort()
+
+
 def test_a_lone_surrogate_does_not_poison_a_voice_agent_session(server: RunningServer) -> None:
     with connect(f"{server.ws}/v1/voice-agent?api_key=config-key", max_size=1 << 24) as ws:
         for turn in (

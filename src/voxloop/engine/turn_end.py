@@ -18,7 +18,6 @@ import re
 
 import numpy as np
 
-from voxloop.backends import workers
 from voxloop.backends.turn import smart_turn
 from voxloop.engine.segmenter import UtteranceSegmenter
 
@@ -68,7 +67,8 @@ class EndOfTurn:
         if self._pause != pause and segmenter.trailing_silence_s * 1000 >= config.early_end_after_ms:
             self._pause, self._probability = pause, None
             audio = segmenter.utterance_audio()
-            self._answer = asyncio.ensure_future(workers.run_in(smart_turn.WORKER, _complete, audio))
+            # Its own thread, not a scheduler lane: the answer decides when a waiting user is answered.
+            self._answer = asyncio.get_running_loop().run_in_executor(smart_turn.WORKER, _complete, audio)
             self._answer.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
         if self._answer is not None and self._answer.done():
             answer, self._answer = self._answer, None

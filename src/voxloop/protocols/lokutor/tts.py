@@ -15,6 +15,7 @@ import time
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from voxloop.backends import workers
 from voxloop.backends.registry import Backends
 from voxloop.backends.tts.base import Voice
 from voxloop.backends.tts.stream import frames, speak
@@ -30,6 +31,7 @@ FAILED = QuietLog(log)  # a text that trips a model would otherwise log a traceb
 
 OUTPUT_RATE = 44100
 CLIENT_STALL_S = 10.0
+RENDER_MARGIN_S = 0.5  # a piece is due this long before the audio before it has played out
 DEFAULT_VOICE = "M1"  # seed 001's default for a request that names none
 
 
@@ -112,6 +114,11 @@ async def synthesize_to(
     offset = 0.0
     first = True
     lease = lease_of(websocket)
+    # Each piece is due when the audio sent before it would have played from the request on: a
+    # new request's first piece goes before the tenth of a long one (or of a client that stopped
+    # reading and whose socket buffers still take megabytes), so no request starves the others.
+    requested = time.monotonic()
+    workers.DUE.set(lambda: requested + offset - RENDER_MARGIN_S)
 
     async def send(message: str | bytes) -> None:
         # A client that stops reading would otherwise hold a shared speech worker indefinitely.
