@@ -54,8 +54,15 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the SIGTERM it drained for once it is done; by then the shutdown was clean,
     # so the process exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    DrainingServer(config).run()
-    return 0
+    server = DrainingServer(config)
+    server.run()
+    # Sessions are drained and the history store is closed. The interpreter's final garbage
+    # collection can still abort in a native library's thread teardown (seen: SIGABRT, "terminate
+    # called without an active exception"), so the process ends here without it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if server.started else 1)
 
 
 def keys(args: argparse.Namespace) -> int:

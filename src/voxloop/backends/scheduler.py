@@ -202,14 +202,19 @@ async def iterate(
     """
     iterator: Iterator[T] | None = None
     lock = threading.Lock()  # jobs of one stream never overlap, even on a many-worker lane
+    closing = threading.Event()  # the caller stopped: a running chunk ends after its current item
 
     def step(size: int) -> tuple[list[T], bool]:
         nonlocal iterator
         with lock:
             if iterator is None:
                 iterator = make_iterator()
-            items = list(itertools.islice(iterator, size))
-            return items, len(items) < size
+            items: list[T] = []
+            for item in iterator:
+                items.append(item)
+                if len(items) == size or closing.is_set():
+                    return items, False
+            return items, True
 
     def queue(job_kind: JobKind = kind, size: int = chunk) -> Future[tuple[list[T], bool]]:
         return lane.submit(job_kind, lambda: step(size), deadline() if deadline else None)
@@ -225,6 +230,7 @@ async def iterate(
             if finished:
                 return
     finally:
+        closing.set()
         pending.cancel()
 
         def close() -> None:  # on a worker, after any running chunk: a generator's finally runs here
