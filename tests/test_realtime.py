@@ -103,6 +103,7 @@ async def test_spoken_question_gets_spoken_answer_with_transcripts(server: Runni
             session={
                 "type": "realtime",
                 "instructions": INSTRUCTIONS,
+                "temperature": 0,  # greedy: sampling once answered "London is the capital of France."
                 "audio": {
                     "input": {
                         "format": {"type": "audio/pcm", "rate": 24000},

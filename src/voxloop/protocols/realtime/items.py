@@ -68,8 +68,10 @@ class Item:
         return {"type": "text" if beta else "output_text", "text": text}
 
     def heard_text(self, audio_end_s: float) -> str:
-        """Words spoken before ``audio_end_s`` (the engine's own reckoning of what was heard)."""
-        return heard_text(self.spans or [Span(0.0, self.audio_s, self.current_text)], audio_end_s)
+        """Words spoken before ``audio_end_s`` (the engine's own reckoning of what was heard), never
+        more than the item holds: a reply cut before that point keeps only what was played."""
+        heard = heard_text(self.spans or [Span(0.0, self.audio_s, self.current_text)], audio_end_s)
+        return heard if len(heard) < len(self.current_text) else self.current_text
 
 
 def parse_item(raw: object) -> Item:
