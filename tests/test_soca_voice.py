@@ -197,8 +197,13 @@ def test_fillers_do_not_barge_words_do_and_the_cooldown_holds(
     )
     after = client.messages(speaking_from)
     assert len(client.messages(kind="barge")) == 1, timeline(client, barged_at)
-    assert not [m for m in after if m["type"] == "stt.final"], timeline(client, barged_at)
     assert still["seq"] == barge["seq"] and not client.stale
+    # Words that do not barge in are not thrown away: they become the next turn once the reply
+    # has ended, under a new seq, with no barge message.
+    if finals := [i for i, m in enumerate(after) if m["type"] == "stt.final"]:
+        ends = [i for i, m in enumerate(after) if m.get("stepType") == "final_answer"]
+        assert ends and ends[0] < finals[0], timeline(client, barged_at)
+        assert after[ends[0]]["seq"] == barge["seq"] < after[finals[0]]["seq"], timeline(client, barged_at)
 
 
 def test_reconnecting_with_the_session_id_resumes_the_conversation(
