@@ -16,7 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-PLAY_LEAD_S = 0.04  # a chunk leaves this long before the previous one ends: its decode and start
+# A chunk leaves this long after the previous one ends by the server's clock. The client started
+# that one late by its decode time, so sending earlier overlaps (Chromium: 57 ms with a 40 ms
+# lead); the gap this leaves is the margin less the decode time, far under the 150 ms aimed at.
+PLAY_MARGIN_S = 0.05
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -55,7 +58,7 @@ class PlayOnArrival:
             self._ready.clear()
             while self._items:
                 item = self._items[0]
-                if item.seconds and (delay := self.plays_until - PLAY_LEAD_S - time.monotonic()) > 0:
+                if item.seconds and (delay := self.plays_until + PLAY_MARGIN_S - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                     if not self._items or self._items[0] is not item:
                         continue  # dropped while waiting
