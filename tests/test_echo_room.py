@@ -31,7 +31,7 @@ def through_room(
 ) -> tuple[np.ndarray, np.ndarray, EchoGuard]:
     """Sends ``reply`` as the server does (20 ms frames, 160 ms ahead) to a client in ``ROOM``;
     returns the microphone, the guard's output (re-aligned) and the guard."""
-    room, guard = Room(ROOM, WIRE_RATE), EchoGuard()
+    room, guard = Room(ROOM, WIRE_RATE), EchoGuard(adaptive=True)
     reference = resample(reply, WIRE_RATE, RATE)
     mics, outs, sent, chunk = [], [], 0, WIRE_RATE // 50
     while room.position < len(reference) + RATE:

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     spoken_style: bool = Field(
         True, description="Append a 'short, plain spoken sentences' instruction to every prompt."
     )
+    echo_canceller: bool = Field(
+        False,
+        description="Run Speex's adaptive echo canceller behind the one-tap echo guard. Off by default: "
+        "it garbled a question streamed faster than real time with no echo at all (issue 16).",
+    )
     server_tools: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Built-in server-side tools to offer the LLM, e.g. get_current_time.",

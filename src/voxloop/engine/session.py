@@ -97,7 +97,7 @@ class Session:
         self.server_tools = tools or ToolRegistry()
         self.history = History(self.config.prompt, self.config.max_context_messages)
         self.voice = backends.speaker.resolve(self.config.voice, self.config.language)
-        self.echo = EchoGuard()
+        self.echo = EchoGuard(adaptive=backends.settings.echo_canceller)
         self.next_turn: str | None = None  # words said over a reply that did not interrupt it
         vad = backends.vad
         segmenter = UtteranceSegmenter(vad.new_stream(), vad.frame_samples, self.config.turn, VAD_RATE)
