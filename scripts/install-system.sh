@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages voxloop needs: espeak-ng (phonemes for Piper and the es/fr/pt/ko voices);
-# for the tests also human speech recordings (pocketsphinx-testdata), sox, a real browser and npm.
+# for the tests also human speech recordings (pocketsphinx-testdata), sox, a real browser, npm, and
+# the infrastructure a cluster of nodes runs on (Redis, PostgreSQL, HAProxy), started on loopback.
 set -euo pipefail
 packages=(espeak-ng libespeak-ng1)
-[[ "${1:-}" == "--test" ]] && packages+=(pocketsphinx-testdata alsa-utils sox chromium)
+[[ "${1:-}" == "--test" ]] && packages+=(pocketsphinx-testdata alsa-utils sox chromium redis-server postgresql haproxy)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
