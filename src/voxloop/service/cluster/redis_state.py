@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -234,7 +235,8 @@ class SharedBucket:
 
     def __init__(self, book: RedisBook, name: str, rate_per_s: float, capacity: float) -> None:
         self.book, self.name, self.rate, self.capacity = book, name, rate_per_s, capacity
-        self.chunk = max(capacity / 4, min(1.0, capacity))
+        # Whole units (messages) so no node strands a fraction of one; a quarter of the budget.
+        self.chunk = max(math.ceil(capacity / 4), min(1.0, capacity))
         self.reserve = 0.0
         self._top_up: asyncio.Task[object] | None = None
         self.refill()

@@ -1,0 +1,135 @@
+"""Real Redis and PostgreSQL 15 on loopback for tests and benches: each in a temp dir, on a free
+port, stopped (and its files removed) on exit. PostgreSQL refuses to run as root, so when the tests
+run as root it runs as ``nobody`` (``runuser``) in a directory handed to that user.
+
+    with redis_server() as redis_url, postgres_server() as database_url:
+        ...  # VOXLOOP_REDIS_URL=redis_url, VOXLOOP_DATABASE_URL=database_url
+
+``missing()`` names what is not installed, for a ``pytest.skip`` with a clear reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.server import free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+START_TIMEOUT_S = 30
+
+
+def missing() -> str | None:
+    """Why the shared-state tests cannot run here, or None."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (scripts/install-system.sh)"
+    if not (PG_BIN / "postgres").exists():
+        return "PostgreSQL 15 is not installed (scripts/install-system.sh)"
+    return None
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited early:\n{log.read_text(errors='replace')}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{process.args[0]} did not listen on {port}:\n{log.read_text(errors='replace')}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throw-away redis-server (no persistence); yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="voxloop-redis-") as folder:
+        port, log = free_port(), Path(folder) / "redis.log"
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        process = subprocess.Popen(
+            ["redis-server", *args, "--dir", folder, "--logfile", str(log)], stdout=subprocess.DEVNULL
+        )
+        try:
+            wait_for_port(port, process, log)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            stop(process)
+
+
+def _as_postgres_user(args: list[str]) -> list[str]:
+    return ["runuser", "-u", "nobody", "--", *args] if os.geteuid() == 0 else args
+
+
+@contextlib.contextmanager
+def postgres_server(password: str = "test-secret") -> Iterator[str]:
+    """A throw-away PostgreSQL 15 cluster (fsync off: tests only); yields a URL with a password."""
+    with tempfile.TemporaryDirectory(prefix="voxloop-pg-") as folder:
+        root = Path(folder)
+        data, log, secret = root / "data", root / "postgres.log", root / "password"
+        secret.write_text(password)
+        if os.geteuid() == 0:
+            shutil.chown(root, "nobody")
+            shutil.chown(secret, "nobody")
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "voxloop", "--auth=scram-sha-256"]
+        subprocess.run(
+            _as_postgres_user([*initdb, f"--pwfile={secret}", "--no-sync"]),
+            check=True,
+            capture_output=True,
+        )
+        port = free_port()
+        settings = [
+            "-c",
+            "fsync=off",
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={root}",
+        ]
+        process = subprocess.Popen(
+            _as_postgres_user([str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), *settings]),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, process, log)
+            url = f"postgresql://voxloop:{password}@127.0.0.1:{port}/postgres"
+            _wait_accepting(url, process, log)
+            yield url
+        finally:
+            stop(process)
+
+
+def _wait_accepting(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """The port opens before the cluster accepts logins ("the database system is starting up")."""
+    import asyncio
+
+    import asyncpg
+
+    async def try_once() -> None:
+        db = await asyncpg.connect(url, timeout=2)
+        await db.close()
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            asyncio.run(try_once())
+            return
+        except (OSError, asyncpg.PostgresError) as exc:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"PostgreSQL not accepting logins: {exc}\n{log.read_text()}") from exc
+            time.sleep(0.2)
