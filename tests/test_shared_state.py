@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -26,11 +27,13 @@ from tests.server import RunningServer, free_port, launch_server
 from tests.soca_client import SocaClient
 from tests.speech import espeak_16k
 from tests.test_keys import prompt_answered
+from voxloop.protocols.soca.resume import Saved
 
 if reason := infra.missing():
     pytest.skip(reason, allow_module_level=True)
 
 REVOKE_WITHIN_S = 2.0
+SHORT = "You are a helpful assistant. Answer in one short sentence."
 
 
 @dataclass
@@ -147,24 +150,49 @@ def test_a_key_revoked_anywhere_ends_its_sessions_on_every_node_within_2_s(clust
         assert refused.value.response.status_code == 401
 
 
+def test_every_node_lists_the_cluster_with_its_load(cluster: Cluster) -> None:
+    key = cluster.create_key()
+    first, second = cluster.nodes
+
+    def listed() -> dict[str, dict]:
+        answer = httpx.get(f"{first.http}/v1/cluster/nodes", headers={"X-API-Key": key}, timeout=5)
+        assert answer.status_code == 200, answer.text
+        return {node["address"]: node for node in answer.json()["nodes"]}
+
+    nodes = listed()
+    assert set(nodes) == {f"127.0.0.1:{node.port}" for node in cluster.nodes}
+    assert all(node["ready"] and not node["draining"] for node in nodes.values())
+    with connect(agent_url(second, key)) as ws:
+        assert prompt_answered(ws)
+        deadline = time.monotonic() + 10  # heartbeats every 2 s
+        while listed()[f"127.0.0.1:{second.port}"]["sessions"] != 1:
+            assert time.monotonic() < deadline, listed()
+            time.sleep(0.2)
+    assert httpx.get(f"{first.http}/v1/cluster/nodes").status_code == 401
+
+
 def history(node: RunningServer, session_id: str, key: str) -> httpx.Response:
     return httpx.get(f"{node.http}/v1/sessions/{session_id}", headers={"X-API-Key": key}, timeout=10)
 
 
-def open_sessions(node: RunningServer) -> int:
-    return httpx.get(f"{node.http}/readyz", timeout=5).json()["conversations"]
+def saved_for_resume(cluster: Cluster, session_id: str) -> list[str]:
+    """The roles of the spoken turns Redis keeps for resuming ``session_id``."""
+    raw = redis.Redis.from_url(cluster.redis_url).get(f"voxloop:resume:{session_id}")
+    return [m.role for m in Saved.from_json(raw).messages if m.role != "system"] if raw else []
 
 
-def test_soca_resumes_on_the_other_node_and_history_reads_from_either(cluster: Cluster) -> None:
+def test_soca_resumes_on_the_other_node_after_a_kill_and_history_reads_from_either(cluster: Cluster) -> None:
+    """Runs last of the node tests: it kills the first node (SIGKILL: nothing saved at close)."""
     key, stranger = cluster.create_key(), cluster.create_key()
     first, second = cluster.nodes
+    session_id = f"sess_{uuid.uuid4().hex[:12]}"
     start = {
         "type": "start",
         "token": key,
-        "session_id": f"sess_{uuid.uuid4().hex[:12]}",
+        "session_id": session_id,
         "lang": "en",
         "sr": 16000,
-        "prompt": "You are a helpful assistant. Answer in one short sentence.",
+        "prompt": SHORT,
     }
     client = SocaClient(f"{first.ws}/v1/voice-ws", start)
     try:
@@ -172,20 +200,23 @@ def test_soca_resumes_on_the_other_node_and_history_reads_from_either(cluster: C
         ended = client.say(espeak_16k("Please remember this: my name is Alice."))
         client.final_answer(since=ended - 10, timeout=180)
         last_seq = client.current_seq
+        deadline = time.monotonic() + 15  # the committed turn is stored, and saved for resuming
+        while (
+            len(history(second, session_id, key).json().get("turns", [])) < 2
+            or len(saved_for_resume(cluster, session_id)) < 2
+        ):
+            assert time.monotonic() < deadline, "the committed turn was not stored"
+            time.sleep(0.1)
+        turns = [history(node, session_id, key) for node in cluster.nodes]
+        assert turns[0].json() == turns[1].json()
+        assert [turn["role"] for turn in turns[0].json()["turns"]] == ["user", "assistant"]
+        assert "alice" in turns[0].json()["turns"][0]["text"].lower()
+        for node in cluster.nodes:  # another key reads nothing there, on any node
+            assert history(node, session_id, stranger).status_code == 404
+        first.process.kill()  # mid-conversation: the node saves nothing more
+        first.process.wait()
     finally:
         client.close()
-    deadline = time.monotonic() + 15
-    while open_sessions(first):  # the first node has closed the session (and saved it)
-        assert time.monotonic() < deadline, "the first node kept the closed session open"
-        time.sleep(0.1)
-
-    turns = [history(node, start["session_id"], key) for node in cluster.nodes]
-    assert all(answer.status_code == 200 for answer in turns), [answer.text for answer in turns]
-    assert turns[0].json() == turns[1].json()
-    assert [turn["role"] for turn in turns[0].json()["turns"]] == ["user", "assistant"]
-    assert "alice" in turns[0].json()["turns"][0]["text"].lower()
-    for node in cluster.nodes:  # another key reads nothing there, on any node
-        assert history(node, start["session_id"], stranger).status_code == 404
 
     again = SocaClient(f"{second.ws}/chat/agent/voice-ws", start)
     try:
@@ -197,7 +228,7 @@ def test_soca_resumes_on_the_other_node_and_history_reads_from_either(cluster: C
     finally:
         again.close()
     deadline = time.monotonic() + 15
-    while len(history(first, start["session_id"], key).json()["turns"]) < 4:  # written by the other node
+    while len(history(second, session_id, key).json()["turns"]) < 4:
         assert time.monotonic() < deadline
         time.sleep(0.1)
 
