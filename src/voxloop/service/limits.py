@@ -279,12 +279,17 @@ class Limiter:
         if not await self.book.open(key.id, lease.session_id, limit):
             raise LimitExceeded(f"rate limit: this key already has {limit} open sessions")
         usage.leases.add(lease)
-        claim = await self.claim(lease.session_id, key.id)
-        if claim is None:  # 128 random bits: never live already
+        try:
+            claim = await self.claim(lease.session_id, key.id)
+            assert claim is not None  # 128 random bits: never live already
+            lease.claims.append(claim)
+            await usage.ready()
+        except BaseException:
             lease.close()
-            raise StoreUnavailable("session id taken")
-        lease.claims.append(claim)
-        await usage.ready()
+            raise
+        if self.draining:  # it began while we waited on the shared state
+            lease.close()
+            raise LimitExceeded("server shutting down", status=503)
         return lease
 
     async def claim(self, session_id: str, key_id: str) -> Claim | None:
