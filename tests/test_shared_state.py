@@ -400,3 +400,28 @@ async def test_postgres_keys_and_history_keep_tenants_apart(cluster: Cluster) ->
     finally:
         await store.aclose()
         await database.close()
+
+
+async def test_postgres_gone_fails_writes_and_key_checks_clearly() -> None:
+    from voxloop.service.auth import KeyCheck
+    from voxloop.service.cluster.postgres import Database, PostgresHistory, PostgresKeys
+    from voxloop.service.history_store import HistoryError, Turn
+    from voxloop.service.limits import StoreUnavailable
+
+    with infra.postgres_server() as url:
+        database = Database(url, "postgresql://voxloop:***@127.0.0.1/postgres")
+        await database.open()
+        store = PostgresHistory(database)
+        await store.open()
+        key, _ = await PostgresKeys(database).create("gone")
+    # PostgreSQL is stopped now.
+    try:
+        started = time.monotonic()
+        with pytest.raises(HistoryError, match="conversation history not saved: PostgreSQL at"):
+            await store.submit("s", [Turn("user", "lost", 1.0)], "k")
+        with pytest.raises(StoreUnavailable, match="key store does not answer"):
+            await KeyCheck([], PostgresKeys(database)).identify(key)
+        assert time.monotonic() - started < 15  # clear errors, not hangs
+    finally:
+        await store.aclose()
+        await database.close()

@@ -334,8 +334,9 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
     if opened is None:
         return
     start, key = opened
-    # The client chose the id: take it for this key before anything is awaited, so of two keys
-    # racing for one id only the first gets it; then check it was not another key's before.
+    # The client chose the id: take it for this key first, in one atomic step of the session book
+    # (on every node with Redis), so of two keys racing for one id only the first gets it; then
+    # check it was not another key's before.
     try:
         claim = await state.limits.claim(start.session_id, key.id)
     except LimitExceeded as exc:  # the shared state does not answer
@@ -379,7 +380,10 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
             session.history.insert(saved.messages)  # stored already: the history listener comes after
         voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
         keep_history(session, state, lease, voice.error, session_id=start.session_id)
-        snapshot = lambda: Saved(owner, list(session.history.messages), voice.seq)  # noqa: E731
+
+        def snapshot() -> Saved:
+            return Saved(owner, list(session.history.messages), voice.seq)
+
         saving = SaveEachTurn(sessions.store, start.session_id, snapshot)
         session.history.listeners.append(saving)
         sessions.live[start.session_id] = voice
