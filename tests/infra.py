@@ -79,8 +79,8 @@ def _postgres_user() -> str | None:
 
 
 @contextlib.contextmanager
-def postgres_server(password: str = "test-secret") -> Iterator[str]:
-    """A throw-away PostgreSQL 15 cluster (fsync off: tests only); yields a URL with a password."""
+def postgres_server(password: str = "test-secret", fsync: bool = False) -> Iterator[str]:
+    """A throw-away PostgreSQL 15 cluster (fsync off unless asked: tests); yields its URL."""
     with tempfile.TemporaryDirectory(prefix="voxloop-pg-") as folder:
         root = Path(folder)
         data, log, secret = root / "data", root / "postgres.log", root / "password"
@@ -98,7 +98,7 @@ def postgres_server(password: str = "test-secret") -> Iterator[str]:
         port = free_port()
         settings = [
             "-c",
-            "fsync=off",
+            f"fsync={'on' if fsync else 'off'}",
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",

@@ -180,11 +180,6 @@ class PostgresHistory:
             finally:
                 self._writes.task_done()
 
-    async def record(
-        self, session_id: str, role: str, text: str, at: float | None = None, key_id: str | None = None
-    ) -> None:
-        await self.submit(session_id, [Turn(role, text, time.time() if at is None else at)], key_id)
-
     def listener(
         self, session_id: str, key_id: str | None, on_error: Callable[[str], object]
     ) -> StoreListener:
