@@ -5,6 +5,7 @@ run as root it runs as ``nobody`` in a directory handed to that user.
     with redis_server() as redis_url, postgres_server() as database_url:
         ...  # VOXLOOP_REDIS_URL=redis_url, VOXLOOP_DATABASE_URL=database_url
 
+``cluster(...)`` starts both and N voxloop nodes sharing them (tests/test_shared_state.py).
 ``missing()`` names what is not installed, for a ``pytest.skip`` with a clear reason.
 """
 
@@ -16,12 +17,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.server import free_port
+from tests.server import RunningServer, free_port, launch_server
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 START_TIMEOUT_S = 30
@@ -126,3 +129,59 @@ def _wait_accepting(port: int, process: subprocess.Popen[bytes], log: Path) -> N
         if time.monotonic() > deadline or process.poll() is not None:
             raise RuntimeError(f"PostgreSQL not accepting connections:\n{log.read_text(errors='replace')}")
         time.sleep(0.1)
+
+
+@dataclass
+class Cluster:
+    redis_url: str
+    database_url: str
+    nodes: list[RunningServer]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"VOXLOOP_REDIS_URL": self.redis_url, "VOXLOOP_DATABASE_URL": self.database_url}
+
+    def keys_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``voxloop keys`` against the cluster's stores (no node involved)."""
+        return run_cli(["keys", *args], self.env)
+
+    def create_key(self, *args: str) -> str:
+        made = self.keys_cli("create", "--name", "shared", *args)
+        assert made.returncode == 0, made.stderr
+        return made.stdout.strip()
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "voxloop.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def cluster(
+    log_dir: Callable[[str], Path], nodes: int = 2, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """Redis, PostgreSQL and ``nodes`` voxloop nodes sharing them, started in parallel (each node
+    with its own data dir from ``log_dir(name)``). The nodes skip warming their models (they load
+    on first use); pass ``env={"VOXLOOP_WARMUP": "true"}`` to have them ready up front."""
+    with redis_server() as redis_url, postgres_server() as database_url:
+        shared = {
+            "VOXLOOP_REDIS_URL": redis_url,
+            "VOXLOOP_DATABASE_URL": database_url,
+            "VOXLOOP_WARMUP": "false",
+        }
+        started = [
+            launch_server(log_dir(f"node{index}"), env={**shared, **(env or {})}) for index in range(nodes)
+        ]
+        try:
+            for node in started:
+                node.wait_healthy()
+            yield Cluster(redis_url, database_url, started)
+        finally:
+            for node in started:
+                if node.process.poll() is None:
+                    node.stop()

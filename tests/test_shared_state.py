@@ -9,13 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -24,7 +20,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests import infra
-from tests.server import RunningServer, free_port, launch_server
+from tests.infra import Cluster, run_cli
+from tests.server import RunningServer, free_port
 from tests.soca_client import SocaClient
 from tests.speech import espeak_16k
 from tests.test_keys import prompt_answered
@@ -40,53 +37,10 @@ REVOKE_WITHIN_S = 2.0
 SHORT = "You are a helpful assistant. Answer in one short sentence."
 
 
-@dataclass
-class Cluster:
-    redis_url: str
-    database_url: str
-    nodes: list[RunningServer]
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"VOXLOOP_REDIS_URL": self.redis_url, "VOXLOOP_DATABASE_URL": self.database_url}
-
-    def keys_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``voxloop keys`` against the cluster's stores (no node involved)."""
-        return run_cli(["keys", *args], self.env)
-
-    def create_key(self, *args: str) -> str:
-        made = self.keys_cli("create", "--name", "shared", *args)
-        assert made.returncode == 0, made.stderr
-        return made.stdout.strip()
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, **env}
-    return subprocess.run(
-        [sys.executable, "-m", "voxloop.cli", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with infra.redis_server() as redis_url, infra.postgres_server() as database_url:
-        env = {
-            "VOXLOOP_REDIS_URL": redis_url,
-            "VOXLOOP_DATABASE_URL": database_url,
-            "VOXLOOP_WARMUP": "false",
-        }
-        nodes = [launch_server(tmp_path_factory.mktemp(f"node{index}"), env=env) for index in range(2)]
-        try:
-            for node in nodes:
-                node.wait_healthy()
-            yield Cluster(redis_url, database_url, nodes)
-        finally:
-            for node in nodes:
-                node.stop()
+    with infra.cluster(lambda name: tmp_path_factory.mktemp(name)) as running:
+        yield running
 
 
 def agent_url(node: RunningServer, key: str) -> str:
