@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +16,8 @@ import numpy as np
 
 from voxloop.config import Settings
 
+log = logging.getLogger("voxloop.serve")
+
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -21,6 +25,7 @@ def serve(args: argparse.Namespace) -> int:
     from voxloop.server.app import create_app
     from voxloop.server.http_timeouts import with_header_timeout
     from voxloop.server.redact import redact_uvicorn_logs
+    from voxloop.service.limits import Limiter
 
     settings = Settings()
     redact_uvicorn_logs()
@@ -31,14 +36,31 @@ def serve(args: argparse.Namespace) -> int:
         start_http_server(settings.metrics_port, settings.metrics_host)
 
     class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT: stop accepting, tell open sessions (1001) and let them close, and only
-        then let uvicorn cut what is left (it would close every socket at once with 1012)."""
+        """On SIGTERM/SIGINT: readiness goes false and new sessions are refused; open sessions may
+        end by themselves for ``drain_grace_s``; then stop accepting, tell the rest (1001) and let
+        them close, and only then let uvicorn cut what is left (it would close all at once, 1012)."""
 
         async def shutdown(self, sockets: list | None = None) -> None:
+            limits = app.state.limits
+            limits.draining = True  # /readyz answers 503 from now on: a balancer stops sending
+            await self.let_sessions_finish(limits)
             for server in self.servers:
                 server.close()
-            await app.state.limits.drain(settings.drain_timeout_s)
+            await limits.drain(settings.drain_timeout_s)
             await super().shutdown(sockets)
+
+        async def let_sessions_finish(self, limits: Limiter) -> None:
+            """Still listening (the balancer's health checks must read the 503), until the open
+            sessions have ended, ``drain_grace_s`` has passed, or a second Ctrl-C says hurry."""
+            deadline = time.monotonic() + settings.drain_grace_s
+            if limits.leases() and settings.drain_grace_s:
+                log.info(
+                    "draining: %d sessions open, up to %g s", len(limits.leases()), settings.drain_grace_s
+                )
+            while limits.leases() and (left := deadline - time.monotonic()) > 0 and not self.force_exit:
+                limits.closed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(limits.closed.wait(), min(left, 0.5))
 
     config = uvicorn.Config(
         app,
