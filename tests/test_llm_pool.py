@@ -77,6 +77,7 @@ class FakeServer:
 
     replies: list[Reply]
     healthy: bool = True
+    owned_by: str = "me"  # llama-cpp-python's server says "me"; llama-server "llamacpp"
     requests: list[dict] = field(default_factory=list)
     server: asyncio.Server | None = None
 
@@ -95,8 +96,11 @@ class FakeServer:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = re.search(rb"(?i)content-length:\s*(\d+)", head)
                 body = await reader.readexactly(int(length.group(1))) if length else b""
-                if head.startswith(b"GET /v1/models"):
-                    await status(200 if self.healthy else 503)(writer)
+                if head.startswith(b"GET /v1/models") and self.healthy:
+                    models = json.dumps({"data": [{"id": "m", "owned_by": self.owned_by}]}).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(models), models))
+                elif head.startswith(b"GET /v1/models"):
+                    await status(503)(writer)
                 else:
                     self.requests.append(json.loads(body))
                     await (self.replies.pop(0) if self.replies else status(500))(writer)
@@ -198,6 +202,23 @@ async def test_death_mid_reply_continues_without_repeating() -> None:
     await pool.aclose()
 
 
+async def test_death_mid_reply_continues_from_the_text_said_where_the_server_can() -> None:
+    # llama-server and vLLM continue a trailing assistant message: asked to, they write only what follows.
+    a, b = await fakes([streams("The sea", " is wide", dies=True)], [streams(" and", " deep.")])
+    b.owned_by = "llamacpp"
+    pool = pool_of(a.url, b.url)
+    pool.endpoints.sort(key=lambda e: e.url != a.url)
+    await pool.check()
+    assert [e.prefill for e in pool.endpoints] == [False, True]
+    events = await collect(pool.stream(ASK))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["The sea", " is wide", " and", " deep."]
+    continued = b.requests[0]
+    assert continued["messages"][-1] == {"role": "assistant", "content": "The sea is wide"}
+    assert continued["continue_final_message"] is True and continued["add_generation_prompt"] is False
+    assert "continue_final_message" not in a.requests[0]
+    await pool.aclose()
+
+
 @pytest.mark.parametrize("replacement", [streams("The sky is blue."), streams("The")])
 async def test_replacement_that_differs_ends_the_reply(replacement: Reply) -> None:
     a, b = await fakes([streams("The sea", " is wide", dies=True)], [replacement])
@@ -240,37 +261,43 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 5) -> Non
 class LlamaServer:
     process: subprocess.Popen[bytes]
     url: str
+    log: Path
 
 
-def start_llama_server(log: Path) -> LlamaServer:
+def start_llama_server(log: Path, threads: int = 1) -> LlamaServer:
+    """llama-cpp-python's OpenAI-compatible server on the embedded 0.5B model (also for bench/)."""
     port = free_port()
     model = QWEN_05B.assemble(Settings().cache_dir)
     command = [sys.executable, str(Path(__file__).with_name("llama_peer.py")), "--model", str(model)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024"]
-    command += ["--n_threads", "1", "--n_threads_batch", "1"]
+    command += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     # By default llama-cpp-python's server ends a running stream, as if complete, when any other
     # request arrives, a health probe included; llama.cpp's own llama-server never does.
     command += ["--interrupt_requests", "False"]
     with log.open("wb") as sink:  # a file, not a pipe: llama.cpp's load log would fill a pipe
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    return LlamaServer(process, f"http://127.0.0.1:{port}/v1")
+    return LlamaServer(process, f"http://127.0.0.1:{port}/v1", log)
+
+
+def wait_ready(server: LlamaServer, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert server.process.poll() is None, server.log.read_text(errors="replace")[-2000:]
+        try:
+            if httpx.get(f"{server.url}/models", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"llama_cpp.server did not start within {timeout_s} s"
+        time.sleep(0.2)
 
 
 @pytest.fixture
 def llama_servers(tmp_path: Path) -> Iterator[list[LlamaServer]]:
     servers = [start_llama_server(tmp_path / f"llama-{i}.log") for i in range(2)]
     try:
-        deadline = time.monotonic() + 90
         for server in servers:
-            while True:
-                assert server.process.poll() is None, (tmp_path / "llama-0.log").read_text()[-2000:]
-                try:
-                    if httpx.get(f"{server.url}/models", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "llama_cpp.server did not start within 90 s"
-                time.sleep(0.2)
+            wait_ready(server)
         yield servers
     finally:
         for server in servers:

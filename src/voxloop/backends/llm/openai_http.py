@@ -85,13 +85,18 @@ class OpenAiLlm:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def probe(self, timeout_s: float) -> bool:
-        """Whether the server answers ``GET /models`` (every OpenAI-compatible server has it)."""
+    async def probe(self, timeout_s: float) -> str | None:
+        """None if the server does not answer ``GET /models`` (every OpenAI-compatible server has
+        it), else who serves the model, its ``owned_by`` ("llamacpp", "vllm", ...; "" if unsaid)."""
         try:
             response = await self._client.get(self.base_url + "/models", timeout=timeout_s)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            models = response.json().get("data") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        if not isinstance(models, list):
+            return None
+        first = models[0] if models and isinstance(models[0], dict) else {}
+        return str(first.get("owned_by") or "")
 
     async def stream(
         self,
@@ -100,6 +105,7 @@ class OpenAiLlm:
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> AsyncIterator[LlmEvent]:
         body: dict[str, Any] = {
             "model": self._settings.llm_remote_model,
@@ -112,6 +118,7 @@ class OpenAiLlm:
             body["tools"] = openai_tools(tools)
         if seed is not None:
             body["seed"] = seed
+        body |= extra or {}
         try:
             async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code >= 400:

@@ -10,15 +10,18 @@ a pool is replicas, not a choice of models.
   waits for a probe.
 - Load: the replies this node has in flight on each server. Each node counts only its own, which
   is enough: nodes that each spread evenly spread evenly in sum, without a shared counter.
-- Failover mid-reply: the reply is asked again, with the same seed, from another server, and the
-  text the user already has is skipped once the new stream has reproduced it character for
-  character. Chosen over continuing from the partial text (an assistant "prefill"), because
-  prefill is not part of the OpenAI API: llama-cpp-python's server and hosted APIs read a trailing
-  assistant message as a finished turn and start a new answer, so the user would hear it twice.
-  Replaying works on every server and is exact, since the same model with the same seed and
-  sampling writes the same tokens, and it is checked: a stream that differs from what was said
-  ends the reply with an error rather than splice two answers. Its price is decoding the prefix
-  again, at the server's speed, while the node still has seconds of the reply to play.
+- Failover mid-reply, two ways, by what the replacement server is (its ``GET /models`` says):
+  - llama.cpp's ``llama-server`` and vLLM continue a trailing assistant message ("prefill";
+    vLLM wants ``continue_final_message``): they are asked to go on from the text already said,
+    which costs one prompt evaluation.
+  - Any other server is asked the same request again, with the same seed, and the text the user
+    already has is skipped once the new stream has reproduced it character for character. The
+    OpenAI API has no prefill: llama-cpp-python's server and hosted APIs read a trailing assistant
+    message as a finished turn and start a new answer, which the user would hear twice. The
+    replay is checked: the same model with the same seed writes the same tokens only while its
+    logits are bit for bit the same, and a server whose prompt cache differs can sample another
+    word (measured: bench/bench_llm_pool.py). A replay that differs from what was said ends the
+    reply with an error rather than splice two answers together.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from voxloop.config import Settings
 
 log = logging.getLogger(__name__)
 
+PREFILL_SERVERS = {"llamacpp", "vllm"}  # their GET /models "owned_by"
+
 
 class Diverged(LlmError):
     """The replacement server's reply differs from the text already streamed."""
@@ -57,6 +62,7 @@ class Endpoint:
     llm: OpenAiLlm
     in_flight: int = 0
     healthy: bool = True
+    prefill: bool = False  # continues a trailing assistant message (llama-server, vLLM)
     failed_at: float = 0.0  # monotonic time of its last failed request
     replies: int = 0  # streams it finished
 
@@ -117,9 +123,15 @@ class LlmPool:
         errors: list[str] = []
         while (endpoint := self.choose(tried)) is not None:
             tried.append(endpoint)
-            replay = Replay(said[TextDelta], said[ReasoningDelta])
+            asked, extra = messages, None
+            if said[TextDelta] and not said[ReasoningDelta] and endpoint.prefill:
+                asked = [*messages, ChatMessage("assistant", said[TextDelta])]
+                extra = {"continue_final_message": True, "add_generation_prompt": False}
+                replay = Replay("", "")  # all it writes is new
+            else:
+                replay = Replay(said[TextDelta], said[ReasoningDelta])
             endpoint.in_flight += 1
-            events = endpoint.llm.stream(messages, tools, max_tokens, temperature, seed)
+            events = endpoint.llm.stream(asked, tools, max_tokens, temperature, seed, extra)
             try:
                 async with aclosing(events):
                     async for event in events:
@@ -148,12 +160,14 @@ class LlmPool:
         """Asks every server once, at the same time, and marks it up or down."""
         timeout_s, started = min(2.0, self.interval_s), time.monotonic()
         answers = await asyncio.gather(*(e.llm.probe(timeout_s) for e in self.endpoints))
-        for endpoint, healthy in zip(self.endpoints, answers, strict=True):
+        for endpoint, served_by in zip(self.endpoints, answers, strict=True):
             if endpoint.failed_at > started:
                 continue  # a reply failed there while it was asked: the next probe decides
+            healthy = served_by is not None
             if healthy != endpoint.healthy:
                 log.info("LLM server %s is %s", endpoint.url, "up" if healthy else "down")
             endpoint.healthy = healthy
+            endpoint.prefill = served_by in PREFILL_SERVERS
 
     async def _check_forever(self) -> None:
         while True:
