@@ -1,11 +1,12 @@
-"""The LLM pool on two real llama.cpp servers (llama-cpp-python's, the 0.5B model, one thread each):
+"""The LLM pool on two real llama.cpp servers (the 0.5B model, one thread each):
 tokens/s of one server alone, of the pool with two replies at once, and what a failover costs:
 the pause the user's stream sees when its server is killed mid-reply (the replay re-decodes the
 text already said before new text comes).
 
-    python bench/bench_llm_pool.py [--replies 4] [--failovers 3]
+    python bench/bench_llm_pool.py [--server llama-server|llama-cpp-python] [--replies 4] [--failovers 3]
 
-llama-cpp-python's server has no assistant prefill, so every failover here is a seeded replay.
+llama.cpp's llama-server (2 slots each) continues a broken reply from the text already said;
+llama-cpp-python's server has no prefill, so there every failover is a seeded replay.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_llm_pool import LlamaServer, start_llama_server, wait_ready
+from tests.test_llm_pool import LlamaServer, start_llama_cpp_server, start_llama_server, wait_ready
 from voxloop.backends.llm.base import ChatMessage, TextDelta
 from voxloop.backends.llm.pool import Diverged, LlmPool
 from voxloop.config import Settings
@@ -48,6 +49,9 @@ async def reply(pool: LlmPool, seed: int) -> tuple[int, float, float]:
     return pieces, first, time.perf_counter() - started
 
 
+START = {"llama-server": start_llama_cpp_server, "llama-cpp-python": start_llama_server}
+
+
 async def throughput(servers: list[LlamaServer], parallel: int, replies: int) -> dict[str, float]:
     pool = pool_of(servers)
     rates, firsts = [], []
@@ -60,10 +64,11 @@ async def throughput(servers: list[LlamaServer], parallel: int, replies: int) ->
     return {"tokens_per_s": statistics.median(rates), "first_token_s": statistics.median(firsts)}
 
 
-async def failover(servers: list[LlamaServer], folder: Path, temperature: float) -> float | None:
+async def failover(servers: list[LlamaServer], folder: Path, temperature: float, kind: str) -> float | None:
     """Seconds between the last piece from the killed server and the next piece from the other,
     or None when the replay differed from the text already said (the reply ends with an error)."""
     pool = pool_of(servers)
+    await pool.check()  # which servers continue a reply (prefill)
     last = pause = 0.0
     pieces, killed = 0, 0
     try:
@@ -82,30 +87,33 @@ async def failover(servers: list[LlamaServer], folder: Path, temperature: float)
         return None
     finally:
         await pool.aclose()
-        servers[killed] = start_llama_server(folder / f"restarted-{time.monotonic_ns()}.log")
-        wait_ready(servers[killed])
+        if servers[killed].process.poll() is not None:  # the reply reached the kill
+            servers[killed] = START[kind](folder / f"restarted-{time.monotonic_ns()}.log")
+            wait_ready(servers[killed])
     return pause
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--server", choices=sorted(START), default="llama-server")
     parser.add_argument("--replies", type=int, default=4)
     parser.add_argument("--failovers", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        servers = [start_llama_server(Path(folder) / f"llama-{i}.log") for i in range(2)]
+        servers = [START[args.server](Path(folder) / f"llama-{i}.log") for i in range(2)]
         try:
             for server in servers:
                 wait_ready(server)
             await throughput(servers, 1, 1)  # warm both servers' caches
             alone = await throughput(servers[:1], 1, args.replies)
             pooled = await throughput(servers, 2, args.replies)
-            greedy = [await failover(servers, Path(folder), 0.0) for _ in range(args.failovers)]
-            sampled = [await failover(servers, Path(folder), 0.6) for _ in range(args.failovers)]
+            greedy = [await failover(servers, Path(folder), 0.0, args.server) for _ in range(args.failovers)]
+            sampled = [await failover(servers, Path(folder), 0.6, args.server) for _ in range(args.failovers)]
         finally:
             for server in servers:
                 server.process.kill()
     load = os.getloadavg()[0]
+    print(f"{args.server}:")
     print(f"one server, one reply at a time: {alone['tokens_per_s']:.1f} tokens/s", end=", ")
     print(f"first token {alone['first_token_s']:.2f} s")
     print(f"pool of two, two replies at once: {pooled['tokens_per_s']:.1f} tokens/s in total", end=", ")
@@ -115,7 +123,7 @@ async def main() -> None:
         median, worst = statistics.median(pauses), max(pauses)
         print(f"failover after 40 tokens: the stream paused {median:.2f} s (median), {worst:.2f} s at most")
     for name, runs in (("greedy", greedy), ("temperature 0.6", sampled)):
-        print(f"replays that differed, {name}: {sum(p is None for p in runs)} of {len(runs)}")
+        print(f"continuations that differed, {name}: {sum(p is None for p in runs)} of {len(runs)}")
     print(f"(medians; load average {load:.1f} on {os.cpu_count()} cores)")
 
 

@@ -262,6 +262,16 @@ class LlamaServer:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    prefill: bool = False  # continues a trailing assistant message (llama-server does)
+
+
+def start_llama_cpp_server(log: Path) -> LlamaServer:
+    """llama.cpp's own llama-server (tests/llama_server_peer.py): two slots, assistant prefill."""
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).with_name("llama_server_peer.py")), str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    return LlamaServer(process, f"http://127.0.0.1:{port}/v1", log, prefill=True)
 
 
 def start_llama_server(log: Path, threads: int = 1) -> LlamaServer:
@@ -292,9 +302,10 @@ def wait_ready(server: LlamaServer, timeout_s: float = 90) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def llama_servers(tmp_path: Path) -> Iterator[list[LlamaServer]]:
-    servers = [start_llama_server(tmp_path / f"llama-{i}.log") for i in range(2)]
+@pytest.fixture(params=["llama-cpp-python", "llama-server"])
+def llama_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[LlamaServer]]:
+    start = start_llama_server if request.param == "llama-cpp-python" else start_llama_cpp_server
+    servers = [start(tmp_path / f"llama-{i}.log") for i in range(2)]
     try:
         for server in servers:
             wait_ready(server)
@@ -306,7 +317,9 @@ def llama_servers(tmp_path: Path) -> Iterator[list[LlamaServer]]:
 
 
 async def test_real_server_killed_mid_reply_the_other_finishes_it(llama_servers: list[LlamaServer]) -> None:
+    """llama-cpp-python's server: a seeded replay; llama-server: a continuation (prefill)."""
     pool = pool_of(*(server.url for server in llama_servers), timeout_s=30)
+    await pool.check()  # what each server is (a reply never waits for this)
     ask = [
         ChatMessage("system", "You are a helpful assistant."),
         ChatMessage("user", "Count from 1 to 20, separated by commas."),
@@ -321,6 +334,8 @@ async def test_real_server_killed_mid_reply_the_other_finishes_it(llama_servers:
             llama_servers[killed].process.send_signal(signal.SIGKILL)
     await pool.aclose()
     assert killed is not None, said
-    assert not pool.endpoints[killed].healthy and pool.endpoints[1 - killed].replies == 1
+    survivor = pool.endpoints[1 - killed]
+    assert not pool.endpoints[killed].healthy and survivor.replies == 1
+    assert survivor.prefill is llama_servers[1 - killed].prefill, "told apart by its GET /models"
     numbers = [int(n) for n in re.findall(r"\d+", "".join(said))]
     assert numbers == list(range(1, 21)), f"each number once, in order: {''.join(said)!r}"
