@@ -12,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.haproxy import Balancer, haproxy, missing
-from tests.server import RunningServer, start_server
+from tests.server import RunningServer, free_port, start_server
 from tests.speech import mentions
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
@@ -121,3 +122,15 @@ def test_draining_node_gets_no_new_session_while_its_open_one_finishes(
         assert leaving.process.wait(timeout=20) == 0, leaving.log()[-2000:]
     assert "draining: 1 sessions open" in leaving.log()
     assert balancer.states()["node2"] == "DOWN" and other.process.poll() is None
+
+
+def test_no_node_left_is_refused_like_a_node_refuses() -> None:
+    """Every node full, leaving or gone: a Lokutor SDK reads HTTP 503 with voxloop's JSON error."""
+    with haproxy([("127.0.0.1", free_port()), ("127.0.0.1", free_port())]) as balancer:
+        for name in ("node1", "node2"):
+            balancer.wait_state(name, "DOWN")
+        with pytest.raises(InvalidStatus) as refusal:
+            connect(f"{balancer.ws}/ws/agent?api_key={KEY}")
+    assert refusal.value.response.status_code == 503
+    error = json.loads(refusal.value.response.body)["error"]
+    assert error["type"] == "unavailable" and "at capacity" in error["message"], error
