@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.server import free_port
 from voxloop.backends.llm.base import ChatMessage, LlmError, LlmEvent, TextDelta, Usage
@@ -185,6 +186,10 @@ async def test_refusal_fails_over_before_anything_was_said(refusal: Reply | str)
     await pool.aclose()
 
 
+def failovers(how: str) -> float:
+    return REGISTRY.get_sample_value("voxloop_llm_failovers_total", {"how": how}) or 0.0
+
+
 async def test_death_mid_reply_continues_without_repeating() -> None:
     # The replacement streams the same answer cut differently; the user gets each character once.
     a, b = await fakes(
@@ -192,7 +197,9 @@ async def test_death_mid_reply_continues_without_repeating() -> None:
     )
     pool = pool_of(a.url, b.url)
     pool.endpoints.sort(key=lambda e: e.url != a.url)
+    replays = failovers("replay")
     events = await collect(pool.stream(ASK, temperature=0.7))
+    assert failovers("replay") == replays + 1, "exported at /metrics"
     texts = [e.text for e in events if isinstance(e, TextDelta)]
     assert texts == ["The sea", " is wide", " and", " deep."], texts
     assert isinstance(events[-1], Usage) and events[-1].finish_reason == "stop"

@@ -35,6 +35,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from prometheus_client import Counter, Gauge
 
 from voxloop.backends.llm.base import (
     ChatMessage,
@@ -51,6 +54,16 @@ from voxloop.config import Settings
 log = logging.getLogger(__name__)
 
 PREFILL_SERVERS = {"llamacpp", "vllm"}  # their GET /models "owned_by"
+
+SERVER_UP = Gauge("voxloop_llm_server_up", "1 while a pool's LLM server is taken as healthy", ["server"])
+IN_FLIGHT = Gauge(
+    "voxloop_llm_server_replies", "Replies this node has in flight on an LLM server", ["server"]
+)
+FAILOVERS = Counter(
+    "voxloop_llm_failovers_total",
+    "Replies moved to another LLM server: before any text (retry), or continued (prefill, replay)",
+    ["how"],
+)
 
 
 class Diverged(LlmError):
@@ -69,6 +82,17 @@ class Endpoint:
     @property
     def url(self) -> str:
         return self.llm.base_url
+
+    @property
+    def label(self) -> str:
+        """host:port, never credentials a URL may carry."""
+        return urlsplit(self.url).netloc.rpartition("@")[2]
+
+    def mark(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            log.info("LLM server %s is %s", self.url, "up" if healthy else "down")
+        self.healthy = healthy
+        SERVER_UP.labels(self.label).set(int(healthy))
 
 
 class Replay:
@@ -130,7 +154,10 @@ class LlmPool:
                 replay = Replay("", "")  # all it writes is new
             else:
                 replay = Replay(said[TextDelta], said[ReasoningDelta])
+            if errors:
+                FAILOVERS.labels("prefill" if extra else "replay" if any(said.values()) else "retry").inc()
             endpoint.in_flight += 1
+            IN_FLIGHT.labels(endpoint.label).inc()
             events = endpoint.llm.stream(asked, tools, max_tokens, temperature, seed, extra)
             try:
                 async with aclosing(events):
@@ -145,11 +172,13 @@ class LlmPool:
             except (LlmRefused, Diverged):
                 raise  # the request itself, or a reply that cannot be continued: no server helps
             except LlmError as exc:
-                endpoint.healthy, endpoint.failed_at = False, time.monotonic()
+                endpoint.mark(False)
+                endpoint.failed_at = time.monotonic()
                 errors.append(str(exc))
                 log.warning("LLM server %s failed (%s); trying another", endpoint.url, exc)
             finally:
                 endpoint.in_flight -= 1
+                IN_FLIGHT.labels(endpoint.label).dec()
         raise LlmError(f"no LLM server of the pool could answer: {'; '.join(errors)}")
 
     def start_checks(self) -> None:
@@ -163,10 +192,7 @@ class LlmPool:
         for endpoint, served_by in zip(self.endpoints, answers, strict=True):
             if endpoint.failed_at > started:
                 continue  # a reply failed there while it was asked: the next probe decides
-            healthy = served_by is not None
-            if healthy != endpoint.healthy:
-                log.info("LLM server %s is %s", endpoint.url, "up" if healthy else "down")
-            endpoint.healthy = healthy
+            endpoint.mark(served_by is not None)
             endpoint.prefill = served_by in PREFILL_SERVERS
 
     async def _check_forever(self) -> None:
