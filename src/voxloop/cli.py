@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -16,8 +15,6 @@ import numpy as np
 
 from voxloop.config import Settings
 
-log = logging.getLogger("voxloop.serve")
-
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -25,7 +22,6 @@ def serve(args: argparse.Namespace) -> int:
     from voxloop.server.app import create_app
     from voxloop.server.http_timeouts import with_header_timeout
     from voxloop.server.redact import redact_uvicorn_logs
-    from voxloop.service.limits import Limiter
 
     settings = Settings()
     redact_uvicorn_logs()
@@ -41,26 +37,28 @@ def serve(args: argparse.Namespace) -> int:
         them close, and only then let uvicorn cut what is left (it would close all at once, 1012)."""
 
         async def shutdown(self, sockets: list | None = None) -> None:
-            limits = app.state.limits
-            limits.draining = True  # /readyz answers 503 from now on: a balancer stops sending
-            await self.let_sessions_finish(limits)
+            app.state.limits.draining = True  # /readyz answers 503 from now on: a balancer stops sending
+            await self.let_sessions_finish()
             for server in self.servers:
                 server.close()
-            await limits.drain(settings.drain_timeout_s)
+            await app.state.limits.drain(settings.drain_timeout_s)
             await super().shutdown(sockets)
 
-        async def let_sessions_finish(self, limits: Limiter) -> None:
+        async def let_sessions_finish(self) -> None:
             """Still listening (the balancer's health checks must read the 503), until the open
             sessions have ended, ``drain_grace_s`` has passed, or a second Ctrl-C says hurry."""
-            deadline = time.monotonic() + settings.drain_grace_s
-            if limits.leases() and settings.drain_grace_s:
-                log.info(
-                    "draining: %d sessions open, up to %g s", len(limits.leases()), settings.drain_grace_s
+            limits, grace_s = app.state.limits, settings.drain_grace_s
+            if limits.leases() and grace_s:
+                logging.getLogger("voxloop.serve").info(
+                    "draining: %d sessions open, waiting up to %g s", len(limits.leases()), grace_s
                 )
+            deadline = time.monotonic() + grace_s
             while limits.leases() and (left := deadline - time.monotonic()) > 0 and not self.force_exit:
                 limits.closed.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(limits.closed.wait(), min(left, 0.5))
+                except TimeoutError:
+                    pass  # time to look at the deadline and at a second Ctrl-C
 
     config = uvicorn.Config(
         app,
