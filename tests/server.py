@@ -45,6 +45,20 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_healthy(self, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.http}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout_s} s:\n{self.log()}")
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -57,6 +71,15 @@ class RunningServer:
 def start_server(
     log_dir: Path, api_key: str = "test-key", env: dict[str, str] | None = None, timeout_s: float = 300
 ) -> RunningServer:
+    server = launch_server(log_dir, api_key, env)
+    server.wait_healthy(timeout_s)
+    return server
+
+
+def launch_server(
+    log_dir: Path, api_key: str = "test-key", env: dict[str, str] | None = None
+) -> RunningServer:
+    """Starts a server without waiting for it (start several, then ``wait_healthy`` on each)."""
     port = free_port()
     log_path = log_dir / f"voxloop-{port}.log"
     environment = {
@@ -73,16 +96,4 @@ def start_server(
         env=environment,
         cwd=REPO,
     )
-    server = RunningServer(process, port, api_key, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.http}/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.stop()
-    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()}")
+    return RunningServer(process, port, api_key, log_path)

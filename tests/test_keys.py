@@ -64,24 +64,25 @@ def test_store_keeps_digests_only_and_revokes_by_prefix(tmp_path: Path) -> None:
     assert store.revoked_ids() == {info.id}
 
 
-def test_key_check_config_and_stored_keys(tmp_path: Path) -> None:
+async def test_key_check_config_and_stored_keys(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys.db")
-    assert KeyCheck([], store).identify(None).id == "anonymous"  # no keys anywhere: an open server
+    assert (await KeyCheck([], store).identify(None)).id == "anonymous"  # no keys anywhere: an open server
     key, info = store.create("svc")
     check = KeyCheck(["dev-key"], store)
-    assert check.accepts("dev-key") and check.identify(key) == info
-    assert not check.accepts(None) and not check.accepts("dev-keyx") and not check.accepts("x" * 10_000)
-    assert KeyCheck([], store).identify(None) is None  # a stored key closes the open server
+    assert await check.accepts("dev-key") and await check.identify(key) == info
+    for wrong in (None, "dev-keyx", "x" * 10_000):
+        assert not await check.accepts(wrong)
+    assert await KeyCheck([], store).identify(None) is None  # a stored key closes the open server
 
 
 async def test_limiter_sessions_messages_audio_and_drain() -> None:
     limiter = Limiter()
     key = KeyInfo("k", "k", KeyLimits(max_sessions=2, messages_per_s=5, audio_s_per_min=6))
-    first, second = limiter.open_session(key), limiter.open_session(key)
+    first, second = await limiter.open_session(key), await limiter.open_session(key)
     with pytest.raises(LimitExceeded, match="2 open sessions"):
-        limiter.open_session(key)
+        await limiter.open_session(key)
     second.close()
-    third = limiter.open_session(key)  # a closed lease frees its place
+    third = await limiter.open_session(key)  # a closed lease frees its place
     sent = 0
     with pytest.raises(LimitExceeded, match="messages per second"):
         for _ in range(100):
@@ -96,7 +97,7 @@ async def test_limiter_sessions_messages_audio_and_drain() -> None:
     left = await limiter.drain(timeout_s=0.2)
     assert left == 2 and first.ended.is_set() and first.close_code == 1001
     with pytest.raises(LimitExceeded, match="shutting down"):
-        limiter.open_session(key)
+        await limiter.open_session(key)
 
 
 # ---- on a real server ---------------------------------------------------------------------

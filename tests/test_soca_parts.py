@@ -81,21 +81,21 @@ def test_server_settings_set_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_start(start(), Settings()).barge == rules
 
 
-def test_resume_store_expires_bounds_and_keeps_owners_apart() -> None:
+async def test_resume_store_expires_bounds_and_keeps_owners_apart() -> None:
     store = ResumeStore(grace_s=120, capacity=2)
     alice, mallory = owner_of("alice-key"), owner_of("mallory-key")
-    store.save("a", Saved(alice, [ChatMessage("user", "hi")], seq=3), now=0)
-    assert store.owner("a", now=1) == alice
-    assert store.take("a", mallory, now=1) is None  # another key cannot resume it
-    saved = store.take("a", alice, now=1)
+    await store.save("a", Saved(alice, [ChatMessage("user", "hi")], seq=3), now=0)
+    assert await store.owner("a", now=1) == alice
+    assert await store.take("a", mallory, now=1) is None  # another key cannot resume it
+    saved = await store.take("a", alice, now=1)
     assert saved is not None and saved.seq == 3 and saved.messages[0].content == "hi"
-    assert store.take("a", alice, now=1) is None  # taken once
-    store.save("a", Saved(alice), now=10)
-    assert store.take("a", alice, now=131) is None  # expired after the grace period
+    assert await store.take("a", alice, now=1) is None  # taken once
+    await store.save("a", Saved(alice), now=10)
+    assert await store.take("a", alice, now=131) is None  # expired after the grace period
     for index, session_id in enumerate("bcd"):
-        store.save(session_id, Saved(alice), now=20 + index)
-    assert len(store) == 2 and store.owner("b", now=23) is None  # the oldest went first
-    ResumeStore(grace_s=0, capacity=5).save("x", Saved(alice))  # resuming switched off: no error
+        await store.save(session_id, Saved(alice), now=20 + index)
+    assert len(store) == 2 and await store.owner("b", now=23) is None  # the oldest went first
+    await ResumeStore(grace_s=0, capacity=5).save("x", Saved(alice))  # resuming switched off: no error
 
 
 def test_outbox_drops_older_seqs_and_bounds_its_size() -> None:

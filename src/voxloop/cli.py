@@ -10,10 +10,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from voxloop.config import Settings
+
+if TYPE_CHECKING:
+    from voxloop.service.cluster import Stores
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -22,8 +26,11 @@ def serve(args: argparse.Namespace) -> int:
     from voxloop.server.app import create_app
     from voxloop.server.http_timeouts import with_header_timeout
     from voxloop.server.redact import redact_uvicorn_logs
+    from voxloop.service.cluster import check_reachable
 
-    settings = Settings()
+    overrides = {name: value for name, value in (("host", args.host), ("port", args.port)) if value}
+    settings = Settings(**overrides)  # the registry announces the address really served
+    check_reachable(settings)  # a configured Redis or PostgreSQL that does not answer: exit 2, one line
     redact_uvicorn_logs()
     app = create_app(settings)
     if settings.metrics_port:  # kept off the public address: a thread of prometheus_client's own
@@ -86,17 +93,31 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    from voxloop.service.keys import KeyStore
+    return asyncio.run(manage_keys(args))
 
-    store = KeyStore(Settings().keys_path)
+
+async def manage_keys(args: argparse.Namespace) -> int:
+    """The key store the server uses: SQLite in VOXLOOP_DATA_DIR, or VOXLOOP_DATABASE_URL's."""
+    from voxloop.service.cluster import open_for_cli
+
+    stores = await open_for_cli(Settings())
+    try:
+        await change_keys(args, stores)
+    finally:
+        await stores.close()
+    return 0
+
+
+async def change_keys(args: argparse.Namespace, stores: Stores) -> None:
+    store = stores.keys
     if args.action == "create":
-        key, info = store.create(args.name, args.max_sessions, args.rate, args.audio_per_min)
+        key, info = await store.create(args.name, args.max_sessions, args.rate, args.audio_per_min)
         print(key)
         print(f"created key {info.id} ({info.name or 'unnamed'}); it is shown only once", file=sys.stderr)
     elif args.action == "list":
         print(f"{'id':8}  {'name':20}  {'created':19}  {'revoked':19}  sessions  msg/s  audio s/min")
         # "-": the server's default (VOXLOOP_KEY_*), unlimited unless configured
-        for info in store.list():
+        for info in await store.list():
             print(
                 f"{info.id:8}  {info.name[:20]:20}  {_when(info.created_at):19}  {_when(info.revoked_at):19}"
                 f"  {_limit(info.limits.max_sessions):>8}  {_limit(info.limits.messages_per_s):>5}"
@@ -105,9 +126,12 @@ def keys(args: argparse.Namespace) -> int:
     else:
         if not args.id:
             raise ValueError("revoke needs a key id (see 'voxloop keys list')")
-        info = store.revoke(args.id)
+        info = await store.revoke(args.id)
+        if stores.redis is not None:  # every node ends the key's sessions at once
+            from voxloop.service.cluster.redis_state import broadcast_revoked
+
+            await broadcast_revoked(stores.redis, info.id)
         print(f"revoked key {info.id} ({info.name or 'unnamed'}); its open sessions end within seconds")
-    return 0
 
 
 def _when(at: float | None) -> str:

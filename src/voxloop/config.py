@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     keys_db: Path | None = Field(None, description="API key store; default <data_dir>/keys.db.")
     history_db: Path | None = Field(None, description="Conversation history; default <data_dir>/history.db.")
     history_enabled: bool = True
+    # --- shared state for many nodes (docs/scaling.md); unset: SQLite and in-process state ---
+    redis_url: str = Field("", description="Redis: session leases, budgets, revocation, Soca resume, nodes.")
+    database_url: str = Field("", description="PostgreSQL for API keys and conversation history.")
+    lease_ttl_s: float = Field(
+        15, gt=0, description="A dead node's sessions free their keys' places in this."
+    )
+    node_id: str = Field("", description="This node's name in the registry; default <hostname>-<port>.")
+    node_address: str = Field("", description="Where the balancer reaches this node; default <host>:<port>.")
     header_timeout_s: float = Field(10, gt=0, description="Time a request has to send its headers.")
     metrics_require_key: bool = Field(False, description="GET /metrics needs an API key.")
     metrics_port: int = Field(0, ge=0, description="Serve /metrics on this port instead (0: main port).")

@@ -29,10 +29,10 @@ from voxloop.protocols.soca.voice import SocaRoute
 from voxloop.protocols.voice_agent import agent as voice_agent
 from voxloop.service.admission import Admission
 from voxloop.service.auth import KeyCheck, require_key
+from voxloop.service.cluster import build_stores
 from voxloop.service.errors import ApiError, install_error_handlers
 from voxloop.service.guard import GuardedRoute
-from voxloop.service.history_store import ConversationStore
-from voxloop.service.keys import KeyLimits, KeyStore
+from voxloop.service.keys import KeyLimits
 from voxloop.service.limits import Limiter
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,12 @@ Handler = Callable[[WebSocket, Backends], Awaitable[None]]
 def create_app(settings: Settings | None = None, backends: Backends | None = None) -> FastAPI:
     settings = settings or Settings()
     defaults = KeyLimits(settings.key_max_sessions, settings.key_messages_per_s, settings.key_audio_s_per_min)
-    store = KeyStore(settings.keys_path, defaults)
-    keys = KeyCheck(settings.api_keys, store, defaults)
-    limits = Limiter(store, settings.max_session_s, settings.idle_timeout_s)
+    stores = build_stores(settings, defaults, load=lambda: node_load(app))
+    keys = KeyCheck(settings.api_keys, stores.keys, defaults)
+    limits = Limiter(stores.keys, settings.max_session_s, settings.idle_timeout_s, stores.book)
+    limits.on_revoked = lambda _key_id: keys.forget()
     limits.admission = Admission(settings.max_conversations, settings.admission_max_lag_s)
-    history = ConversationStore(settings.history_path) if settings.history_enabled else None
+    history = stores.history
     builtin_tools.subset(settings.server_tools)  # a misspelt tool name fails at start, not per session
 
     @asynccontextmanager
@@ -57,14 +58,15 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         app.state.backends = backends or Backends.create(settings)
         app.state.ready = asyncio.Event()
         app.state.load_error = None
+        await stores.open()  # Redis and PostgreSQL, when configured: unreachable fails the start
+        await keys.warn_if_open()
         loading = asyncio.create_task(load(app))
-        limits.start()
+        await limits.start()
         yield
         loading.cancel()
         await limits.drain(settings.drain_timeout_s)  # without the CLI's server (tests, other ASGI hosts)
         await limits.stop()
-        if history is not None:
-            history.close()
+        await stores.close()
 
     async def load(app: FastAPI) -> None:
         try:
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
 
     app = FastAPI(title="voxloop", version=__version__, lifespan=lifespan)
     app.state.keys, app.state.limits, app.state.history = keys, limits, history
+    app.state.resume, app.state.stores = stores.resume, stores
     app.state.cors_origins = [origin.rstrip("/") for origin in settings.cors_origins]
     install_error_handlers(app)
     if settings.cors_origins:
@@ -109,6 +112,12 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         body["status"] = "ready" if ready else "unavailable"
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    @app.get("/v1/cluster/nodes", dependencies=[Depends(require_key)])
+    async def cluster_nodes() -> JSONResponse:
+        """The nodes sharing this node's Redis, with their load (this node alone without Redis)."""
+        nodes = await stores.registry.nodes() if stores.registry else [{"node_id": "local", **node_load(app)}]
+        return JSONResponse({"nodes": nodes})
+
     if not settings.metrics_port:  # else the CLI serves them on their own address
         metrics_guard = [Depends(require_key)] if settings.metrics_require_key else []
 
@@ -123,7 +132,7 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         who = request.state.key
         # A stored key sees its own turns, row by row; configuration keys are the operator's: all.
         owner = who.id if who.stored else None
-        turns = await asyncio.to_thread(history.turns, session_id, owner) if history else []
+        turns = await history.read_turns(session_id, owner) if history else []
         if not turns:
             raise ApiError(404, "not_found", "no conversation history for this session")
         return JSONResponse({"session_id": session_id, "turns": [turn.as_json() for turn in turns]})
@@ -155,3 +164,14 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
     mount_selam(app)  # SelamGPT's Socket.IO voice agent at /socket.io/, namespace /v1/audio/agent
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="playground")  # last: routes win
     return app
+
+
+def node_load(app: FastAPI) -> dict[str, object]:
+    """This node's figures for the cluster registry."""
+    limits = app.state.limits
+    ready = getattr(app.state, "ready", None)
+    return {
+        "sessions": len(limits.leases()),
+        "draining": limits.draining,
+        "ready": bool(ready and ready.is_set()) and not limits.draining,
+    }

@@ -2,8 +2,9 @@
 ``api_key`` query parameter or, as OpenAI's browser clients send it, a WebSocket subprotocol
 ``openai-insecure-api-key.<key>`` (browsers cannot set WebSocket headers).
 
-Keys come from the configuration (``VOXLOOP_API_KEYS``, for development) and from the SQLite key
-store (``voxloop keys create``). With neither, every client is accepted as ``anonymous``.
+Keys come from the configuration (``VOXLOOP_API_KEYS``, for development) and from the key store
+(``voxloop keys create``: SQLite, or PostgreSQL with ``VOXLOOP_DATABASE_URL``). With neither, every
+client is accepted as ``anonymous``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from collections import OrderedDict
 from starlette.requests import HTTPConnection, Request
 
 from voxloop.service.errors import ApiError
-from voxloop.service.keys import KeyInfo, KeyLimits, KeyStore, digest
-from voxloop.service.limits import LimitExceeded
+from voxloop.service.keys import AsyncKeys, KeyInfo, KeyLimits, KeyStore, SqliteKeys, digest
+from voxloop.service.limits import LimitExceeded, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,22 @@ KEY_SUBPROTOCOL = "openai-insecure-api-key."
 
 class KeyCheck:
     def __init__(
-        self, keys: list[str], store: KeyStore | None = None, defaults: KeyLimits | None = None
+        self, keys: list[str], store: AsyncKeys | KeyStore | None = None, defaults: KeyLimits | None = None
     ) -> None:
         self.defaults = defaults or KeyLimits()
         self._config = [  # (digest, who)
             (digest(k), KeyInfo(f"config-{digest(k)[:8]}", "config", self.defaults)) for k in keys
         ]
-        self.store = store
+        self.store: AsyncKeys | None = SqliteKeys(store) if isinstance(store, KeyStore) else store
         self._cache: OrderedDict[str, tuple[float, KeyInfo | None]] = OrderedDict()
-        if not keys and not (store and store.has_active_keys()):
+
+    async def warn_if_open(self) -> None:
+        if not self._config and not (self.store and await self.store.has_active_keys()):
             log.warning("no API keys configured or stored: every client is accepted without a key")
+
+    def forget(self) -> None:
+        """Drops cached answers (a key was revoked: it is refused from the next session on)."""
+        self._cache.clear()
 
     @staticmethod
     def key_of(connection: HTTPConnection) -> str | None:
@@ -52,8 +59,9 @@ class KeyCheck:
                 return name.strip()[len(KEY_SUBPROTOCOL) :] or None
         return None
 
-    def identify(self, key: str | None) -> KeyInfo | None:
-        """Who ``key`` belongs to, or None when it is missing, unknown or revoked."""
+    async def identify(self, key: str | None) -> KeyInfo | None:
+        """Who ``key`` belongs to, or None when it is missing, unknown or revoked; raises
+        StoreUnavailable when the key store does not answer."""
         if key is not None and len(key) > 512:
             return None
         wanted = digest(key or "")
@@ -67,32 +75,36 @@ class KeyCheck:
         cached = self._cache.get(wanted)
         if cached is not None and now - cached[0] < CACHE_S:
             return cached[1]
-        info = self.store.identify(key) if key and self.store else None
-        if info is None and not self._config and not (self.store and self.store.has_active_keys()):
-            info = KeyInfo("anonymous", "anonymous", self.defaults)  # an open server
+        try:
+            info = await self.store.identify(key) if key and self.store else None
+            if info is None and not self._config and not (self.store and await self.store.has_active_keys()):
+                info = KeyInfo("anonymous", "anonymous", self.defaults)  # an open server
+        except Exception as exc:
+            log.error("key store unavailable: %s", exc)
+            raise StoreUnavailable("the key store does not answer") from exc
         self._cache[wanted] = (now, info)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return info
 
-    def accepts(self, key: str | None) -> bool:
+    async def accepts(self, key: str | None) -> bool:
         """A raw key, for protocols that carry it in a message (Soca's token, Socket.IO's auth)."""
-        return self.identify(key) is not None
-
-    def allows(self, connection: HTTPConnection) -> bool:
-        return self.identify(self.key_of(connection)) is not None
+        return await self.identify(key) is not None
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """FastAPI dependency for HTTP API routes: the page and health stay public (metrics too,
     unless VOXLOOP_METRICS_REQUIRE_KEY). Each request counts against its key's message rate (429
     over it). The refusal is counted once, by the ApiError handler."""
     state = request.app.state
-    info = state.keys.identify(KeyCheck.key_of(request))
+    try:
+        info = await state.keys.identify(KeyCheck.key_of(request))
+    except StoreUnavailable as exc:
+        raise ApiError(exc.status, "unavailable", exc.message) from exc
     if info is None:
         raise ApiError(401, "unauthorized", "missing or invalid API key (X-API-Key or api_key)")
     try:
-        state.limits.request(info)
+        await state.limits.request(info)
     except LimitExceeded as exc:
         raise ApiError(exc.status, "rate_limited", exc.message) from exc
     request.state.key = info

@@ -8,7 +8,7 @@ once a second), and when the lease ends (key revoked, idle, too long, server dra
 gets the reason in its protocol's shape and a close code (1001 when the server shuts down).
 
 Protocols that authenticate in their first message use the same parts by hand:
-``keys.identify(key)``, ``limits.open_session(info)`` and :func:`run_leased`.
+``await keys.identify(key)``, ``await limits.open_session(info)`` and :func:`run_leased`.
 """
 
 from __future__ import annotations
@@ -174,14 +174,14 @@ class GuardedRoute:
             await self.refuse(websocket, "forbidden: origin not allowed", "forbidden", 1008, 403)
             return
         keys: KeyCheck = state.keys
-        info = keys.identify(keys.key_of(websocket))
-        if info is None:
-            await self.refuse(
-                websocket, "unauthorized: missing or invalid API key", "unauthorized", 1008, 401
-            )
-            return
         try:
-            lease = state.limits.open_session(info)
+            info = await keys.identify(keys.key_of(websocket))
+            if info is None:
+                await self.refuse(
+                    websocket, "unauthorized: missing or invalid API key", "unauthorized", 1008, 401
+                )
+                return
+            lease = await state.limits.open_session(info)
         except LimitExceeded as exc:
             await self.refuse(websocket, exc.message, "rate_limited", exc.close_code, exc.status)
             return

@@ -4,6 +4,9 @@ SQLite in WAL mode with ``synchronous=FULL`` and one commit per turn, so a serve
 SIGKILL (or a power cut) loses no turn that was committed. Writes run on one writer thread, off
 the event loop; a failed write (disk full, I/O error) is reported to the session that made it and
 the store carries on for everyone else.
+
+``cluster.postgres.PostgresHistory`` keeps the same interface in PostgreSQL when
+``VOXLOOP_DATABASE_URL`` is set, so every node answers ``GET /v1/sessions/{id}``.
 """
 
 from __future__ import annotations
@@ -142,12 +145,25 @@ class ConversationStore:
         rows = self._read("SELECT DISTINCT key_id FROM turns WHERE session_id = ?", (session_id,))
         return {key_id for (key_id,) in rows}
 
+    async def read_turns(self, session_id: str, key_id: str | None) -> list[Turn]:
+        """:meth:`turns`, off the event loop (the interface the server uses)."""
+        return await asyncio.to_thread(self.turns, session_id, key_id)
+
+    async def read_owners(self, session_id: str) -> set[str | None]:
+        return await asyncio.to_thread(self.owners, session_id)
+
     def _read(self, query: str, params: tuple[str, ...]) -> list[tuple]:
         db = sqlite3.connect(self.path, timeout=5)
         try:
             return db.execute(query, params).fetchall()
         finally:
             db.close()
+
+    async def open(self) -> None:
+        pass  # opened at construction: a broken file fails the start, not a session
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         self._writer.submit(self._db.close)
@@ -156,7 +172,7 @@ class ConversationStore:
 
 @dataclass
 class StoreListener:
-    store: ConversationStore
+    store: ConversationStore  # or PostgresHistory: submit and edit return futures of either kind
     session_id: str
     key_id: str | None
     on_error: Callable[[str], object]
@@ -174,8 +190,10 @@ class StoreListener:
     def deleted(self, message: ChatMessage) -> None:
         self._report(self.store.edit(self.session_id, message.id, None))
 
-    def _report(self, future: Future[None]) -> None:
-        def done(finished: Future[None]) -> None:
+    def _report(self, future: Future[None] | asyncio.Future[None]) -> None:
+        def done(finished: Future[None] | asyncio.Future[None]) -> None:
+            if finished.cancelled():
+                return
             if (exc := finished.exception()) is not None:
                 self.loop.call_soon_threadsafe(self.on_error, str(exc))
 

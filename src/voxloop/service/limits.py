@@ -14,10 +14,11 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from voxloop.service.keys import KeyInfo, KeyStore
+from voxloop.service.keys import AsyncKeys, KeyInfo
 
 if TYPE_CHECKING:
     from voxloop.service.admission import Admission
@@ -28,6 +29,7 @@ MESSAGE_BURST_S = 2.0  # a key may send two seconds' worth of messages at once
 WATCH_EVERY_S = 1.0
 REPORT_EVERY_S = 1.0
 REVOKED_POLL_S = 2.0  # the CLI revokes by writing the store; the server notices within this
+# (with Redis, at once: the CLI also broadcasts the revocation)
 
 
 class LimitExceeded(Exception):
@@ -39,6 +41,18 @@ class LimitExceeded(Exception):
         super().__init__(message)
         self.message, self.status = message, status
         self.close_code = close_code or (1013 if status == 429 else 1001)
+
+
+class StoreUnavailable(LimitExceeded):
+    """A configured Redis or PostgreSQL does not answer: the session is refused or ended (503)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"shared state unavailable: {what}", status=503)
+
+
+class Bucket(Protocol):
+    def take(self, amount: float) -> bool: ...
+    async def ready(self) -> None: ...
 
 
 class TokenBucket:
@@ -55,21 +69,31 @@ class TokenBucket:
         self.tokens -= amount
         return True
 
+    async def ready(self) -> None:
+        pass
+
 
 @dataclass
 class KeyUsage:
     info: KeyInfo
-    leases: set[Lease] = field(default_factory=set)
-    messages: TokenBucket | None = None
-    audio: TokenBucket | None = None
+    leases: set[Lease] = field(default_factory=set)  # this node's
+    bucket: Callable[[str, float, float], Bucket] = lambda _name, rate, capacity: TokenBucket(rate, capacity)
+    messages: Bucket | None = None
+    audio: Bucket | None = None
 
     def __post_init__(self) -> None:
-        limits = self.info.limits
+        limits, key_id = self.info.limits, self.info.id
         if limits.messages_per_s > 0:
             burst = max(1.0, limits.messages_per_s * MESSAGE_BURST_S)
-            self.messages = TokenBucket(limits.messages_per_s, burst)
+            self.messages = self.bucket(f"{key_id}:messages", limits.messages_per_s, burst)
         if limits.audio_s_per_min > 0:
-            self.audio = TokenBucket(limits.audio_s_per_min / 60, limits.audio_s_per_min)
+            self.audio = self.bucket(f"{key_id}:audio", limits.audio_s_per_min / 60, limits.audio_s_per_min)
+
+    async def ready(self) -> None:
+        """Waits for budgets held elsewhere (Redis) to be at hand, so the first message is fair."""
+        for bucket in (self.messages, self.audio):
+            if bucket is not None:
+                await bucket.ready()
 
     def message(self) -> None:
         if self.messages is not None and not self.messages.take(1):
@@ -128,6 +152,7 @@ class Lease:
         if not self.closed:
             self.closed = True
             self.usage.leases.discard(self)
+            self.limiter.book.close(self.key.id, self.session_id)
             for claim in self.claims:
                 claim.release()
             self.limiter.closed.set()
@@ -142,13 +167,14 @@ class Lease:
 class Claim:
     """One holder of a live session id (see :meth:`Limiter.claim`); released once."""
 
-    def __init__(self, limiter: Limiter, session_id: str) -> None:
-        self.limiter, self.session_id, self.released = limiter, session_id, False
+    def __init__(self, book: SessionBook, session_id: str) -> None:
+        self.book, self.session_id, self.released = book, session_id, False
+        self.holder = uuid.uuid4().hex
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.limiter._release(self.session_id)
+            self.book.unclaim(self.session_id, self.holder)
 
     def __enter__(self) -> Claim:
         return self
@@ -157,64 +183,126 @@ class Claim:
         self.release()
 
 
+class SessionBook(Protocol):
+    """Who holds what: each key's open sessions and the live session ids. :class:`LocalBook` keeps
+    it in this process; ``cluster.redis_state.RedisBook`` in Redis, shared by every node. ``open``
+    and ``claim`` check and take in one atomic step; ``close`` and ``unclaim`` never wait."""
+
+    async def open(self, key_id: str, session_id: str, limit: int) -> bool: ...
+    def close(self, key_id: str, session_id: str) -> None: ...
+    async def claim(self, session_id: str, key_id: str, holder: str) -> bool: ...
+    def unclaim(self, session_id: str, holder: str) -> None: ...
+    def bucket(self, name: str, rate_per_s: float, capacity: float) -> Bucket: ...
+    async def start(self, limiter: Limiter) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class LocalBook:
+    """The single-node book: plain dicts, checked and changed with no await in between."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, set[str]] = {}  # key id -> its open session ids
+        self.live_ids: dict[str, tuple[str, set[str]]] = {}  # session id -> (owning key, holders)
+
+    async def open(self, key_id: str, session_id: str, limit: int) -> bool:
+        open_ids = self.sessions.setdefault(key_id, set())
+        if limit and len(open_ids) >= limit:
+            return False
+        open_ids.add(session_id)
+        return True
+
+    def close(self, key_id: str, session_id: str) -> None:
+        open_ids = self.sessions.get(key_id, set())
+        open_ids.discard(session_id)
+        if not open_ids:
+            self.sessions.pop(key_id, None)
+
+    async def claim(self, session_id: str, key_id: str, holder: str) -> bool:
+        owner, holders = self.live_ids.get(session_id, (key_id, set()))
+        if owner != key_id:
+            return False
+        self.live_ids[session_id] = (key_id, holders | {holder})
+        return True
+
+    def unclaim(self, session_id: str, holder: str) -> None:
+        owner, holders = self.live_ids.get(session_id, ("", set()))
+        if holders - {holder}:
+            self.live_ids[session_id] = (owner, holders - {holder})
+        else:
+            self.live_ids.pop(session_id, None)
+
+    def bucket(self, name: str, rate_per_s: float, capacity: float) -> Bucket:
+        return TokenBucket(rate_per_s, capacity)
+
+    async def start(self, limiter: Limiter) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
 class Limiter:
     def __init__(
-        self, store: KeyStore | None = None, max_session_s: float = 0.0, idle_timeout_s: float = 0.0
+        self,
+        store: AsyncKeys | None = None,
+        max_session_s: float = 0.0,
+        idle_timeout_s: float = 0.0,
+        book: SessionBook | None = None,
     ) -> None:
         self.store = store
         self.max_session_s, self.idle_timeout_s = max_session_s, idle_timeout_s
+        self.book: SessionBook = book or LocalBook()
         self.usage: dict[str, KeyUsage] = {}  # bounded: one entry per valid key
         self.draining = False
         self.admission: Admission | None = None  # the machine's capacity, over all keys
         self.closed = asyncio.Event()  # pulsed when a lease closes (drain waits on it)
         self._watcher: asyncio.Task[None] | None = None
-        # Session ids live now, on every protocol: id -> (owning key, holders). Checked and taken
-        # in one synchronous step, so two connections can never both take an id.
-        self.live_ids: dict[str, tuple[str, int]] = {}
+        self.on_revoked: Callable[[str], object] = lambda _key_id: None  # (the key check's cache)
 
     def _usage(self, key: KeyInfo) -> KeyUsage:
         usage = self.usage.get(key.id)
         if usage is None or usage.info != key:  # new limits apply from the next session
-            usage = KeyUsage(key, usage.leases if usage else set())
+            usage = KeyUsage(key, usage.leases if usage else set(), self.book.bucket)
             self.usage[key.id] = usage
         return usage
 
-    def open_session(self, key: KeyInfo) -> Lease:
-        """A lease for a new session of ``key``; raises LimitExceeded (503 while draining)."""
+    async def open_session(self, key: KeyInfo) -> Lease:
+        """A lease for a new session of ``key``; raises LimitExceeded (503 while draining or when
+        the shared state does not answer)."""
         if self.draining:
             raise LimitExceeded("server shutting down", status=503)
         if self.admission is not None:
             self.admission.check(len(self.leases()))
         usage = self._usage(key)
-        limit = key.limits.max_sessions
-        if limit and len(usage.leases) >= limit:
-            raise LimitExceeded(f"rate limit: this key already has {limit} open sessions")
         lease = Lease(self, usage)
+        limit = key.limits.max_sessions
+        if not await self.book.open(key.id, lease.session_id, limit):
+            raise LimitExceeded(f"rate limit: this key already has {limit} open sessions")
         usage.leases.add(lease)
-        claim = self.claim(lease.session_id, key.id)
-        assert claim is not None  # 128 random bits: never live already
-        lease.claims.append(claim)
+        try:
+            claim = await self.claim(lease.session_id, key.id)
+            assert claim is not None  # 128 random bits: never live already
+            lease.claims.append(claim)
+            await usage.ready()
+        except BaseException:
+            lease.close()
+            raise
+        if self.draining:  # it began while we waited on the shared state
+            lease.close()
+            raise LimitExceeded("server shutting down", status=503)
         return lease
 
-    def claim(self, session_id: str, key_id: str) -> Claim | None:
+    async def claim(self, session_id: str, key_id: str) -> Claim | None:
         """Takes ``session_id`` for ``key_id`` while it is live, or None when another key holds it.
         The same key may hold an id more than once (a Soca client reconnecting takes over)."""
-        owner, holders = self.live_ids.get(session_id, (key_id, 0))
-        if owner != key_id:
-            return None
-        self.live_ids[session_id] = (key_id, holders + 1)
-        return Claim(self, session_id)
+        claim = Claim(self.book, session_id)
+        return claim if await self.book.claim(session_id, key_id, claim.holder) else None
 
-    def _release(self, session_id: str) -> None:
-        owner, holders = self.live_ids[session_id]
-        if holders > 1:
-            self.live_ids[session_id] = (owner, holders - 1)
-        else:
-            del self.live_ids[session_id]
-
-    def request(self, key: KeyInfo) -> None:
+    async def request(self, key: KeyInfo) -> None:
         """One HTTP request of ``key`` (counts as a message); raises LimitExceeded."""
-        self._usage(key).message()
+        usage = self._usage(key)
+        await usage.ready()
+        usage.message()
 
     def spend_audio(self, key: KeyInfo, seconds: float) -> None:
         """Audio of ``key`` outside a session (an HTTP clip); raises LimitExceeded over its budget."""
@@ -247,11 +335,13 @@ class Limiter:
 
     # ---- the watcher: revocations, idle and overlong sessions --------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.book.start(self)
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
+        await self.book.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -277,7 +367,7 @@ class Limiter:
         if not open_ids or self.store is None:
             return
         try:
-            revoked = await asyncio.to_thread(self.store.revoked_ids)
+            revoked = await self.store.revoked_ids()
         except Exception:  # a locked or missing store must not stop the watcher
             log.exception("reading revoked keys failed")
             return

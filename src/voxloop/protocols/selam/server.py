@@ -120,12 +120,12 @@ class SelamNamespace(socketio.AsyncNamespace):
             error = SelamError("authorization_error", "forbidden: origin not allowed", "forbidden_origin")
             return await self.refuse(sid, error)
         key = _auth_key(auth)
-        info = state.keys.identify(key if key is not None else state.keys.key_of(connection))
-        if info is None:
-            error = SelamError("authentication_error", "invalid or missing API key", "invalid_api_key")
-            return await self.refuse(sid, error)
         try:
-            lease = state.limits.open_session(info)
+            info = await state.keys.identify(key if key is not None else state.keys.key_of(connection))
+            if info is None:
+                error = SelamError("authentication_error", "invalid or missing API key", "invalid_api_key")
+                return await self.refuse(sid, error)
+            lease = await state.limits.open_session(info)
         except LimitExceeded as exc:
             if exc.status == 503:
                 code = SHUTTING_DOWN if state.limits.draining else SERVER_BUSY

@@ -43,7 +43,7 @@ from voxloop.config import Settings
 from voxloop.engine import events
 from voxloop.engine.session import Session
 from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
-from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
+from voxloop.protocols.soca.resume import Resumable, ResumeStore, Saved, SaveEachTurn, owner_of
 from voxloop.protocols.soca.start import Start, parse_start, token_of
 from voxloop.service.guard import Connection, hold_connection, origin_allowed, run_leased
 from voxloop.service.keys import KeyInfo
@@ -100,14 +100,15 @@ class Outbox:
 class SocaSessions:
     """Per-server state: closed conversations to resume and the connections live now."""
 
-    store: ResumeStore
+    store: Resumable
     live: dict[str, SocaVoice] = field(default_factory=dict)
 
     @classmethod
     def of(cls, websocket: WebSocket, settings: Settings) -> SocaSessions:
         state = websocket.app.state
         if getattr(state, "soca_sessions", None) is None:
-            store = ResumeStore(settings.soca_resume_grace_s, settings.soca_resume_capacity)
+            store = getattr(state, "resume", None)  # shared by the nodes (Redis), when configured
+            store = store or ResumeStore(settings.soca_resume_grace_s, settings.soca_resume_capacity)
             state.soca_sessions = cls(store)
         return state.soca_sessions
 
@@ -283,9 +284,12 @@ async def read_start(websocket: WebSocket, backends: Backends) -> tuple[Start, K
         await refuse(websocket, "must start with type=start")
         return None
     try:  # authenticate before anything else is looked at
-        info = websocket.app.state.keys.identify(token_of(message))
+        info = await websocket.app.state.keys.identify(token_of(message))
     except ValueError:
         info = None
+    except LimitExceeded as exc:  # the key store does not answer
+        await refuse(websocket, exc.message, "unavailable", 1011)
+        return None
     if info is None:
         await refuse(websocket, "Invalid or expired token", "unauthorized")
         return None
@@ -301,7 +305,7 @@ async def stored_by_others(state: Any, session_id: str, key_id: str) -> bool:
     store = getattr(state, "history", None)
     if store is None:
         return False
-    return bool(await asyncio.to_thread(store.owners, session_id) - {key_id})
+    return bool(await store.read_owners(session_id) - {key_id})
 
 
 def session_changes(start: Start) -> dict[str, Any]:
@@ -330,9 +334,14 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
     if opened is None:
         return
     start, key = opened
-    # The client chose the id: take it for this key before anything is awaited, so of two keys
-    # racing for one id only the first gets it; then check it was not another key's before.
-    claim = state.limits.claim(start.session_id, key.id)
+    # The client chose the id: take it for this key first, in one atomic step of the session book
+    # (on every node with Redis), so of two keys racing for one id only the first gets it; then
+    # check it was not another key's before.
+    try:
+        claim = await state.limits.claim(start.session_id, key.id)
+    except LimitExceeded as exc:  # the shared state does not answer
+        await refuse(websocket, exc.message, "unavailable", 1011)
+        return
     if claim is None:
         await refuse(websocket, "session_id is in use by another key")
         return
@@ -344,7 +353,7 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
     state = websocket.app.state
     sessions = SocaSessions.of(websocket, backends.settings)
     owner = owner_of(start.token)
-    if sessions.store.owner(start.session_id) not in (None, owner) or await stored_by_others(
+    if await sessions.store.owner(start.session_id) not in (None, owner) or await stored_by_others(
         state, start.session_id, key.id
     ):
         await refuse(websocket, "session_id is in use by another key")
@@ -355,7 +364,7 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
         with contextlib.suppress(TimeoutError):  # its lease is closed by then: it does not count twice
             await asyncio.wait_for(previous.finished.wait(), TAKEOVER_WAIT_S)
     try:
-        lease = state.limits.open_session(key)
+        lease = await state.limits.open_session(key)
     except LimitExceeded as exc:
         await refuse(websocket, exc.message, "rate_limited", exc.close_code)
         return
@@ -366,18 +375,26 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
         except ValueError as exc:
             await refuse(websocket, str(exc))
             return
-        saved = sessions.store.take(start.session_id, owner)
+        saved = await sessions.store.take(start.session_id, owner)
         if saved is not None:
             session.history.insert(saved.messages)  # stored already: the history listener comes after
         voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
         keep_history(session, state, lease, voice.error, session_id=start.session_id)
+
+        def snapshot() -> Saved:
+            return Saved(owner, list(session.history.messages), voice.seq)
+
+        saving = SaveEachTurn(sessions.store, start.session_id, snapshot)
+        session.history.listeners.append(saving)
         sessions.live[start.session_id] = voice
         try:
             await run_leased(lease, converse(voice, resumed=saved is not None), voice.tell_end)
         finally:
             if not session.closed:  # the lease ended before the conversation even began
                 await session.close()
-            sessions.store.save(start.session_id, Saved(owner, list(session.history.messages), voice.seq))
+            await saving.flush()
+            with contextlib.suppress(Exception):  # logged by the store; the session is over anyway
+                await sessions.store.save(start.session_id, snapshot())
             if sessions.live.get(start.session_id) is voice:
                 del sessions.live[start.session_id]
             lease.close()
