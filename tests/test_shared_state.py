@@ -20,10 +20,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests import infra
+from tests.haproxy import haproxy
+from tests.haproxy import missing as haproxy_missing
 from tests.infra import Cluster, run_cli
 from tests.server import RunningServer, free_port
 from tests.soca_client import SocaClient
 from tests.speech import espeak_16k
+from tests.test_haproxy import conversations
 from tests.test_keys import prompt_answered
 from voxloop.cli import change_keys
 from voxloop.config import Settings
@@ -156,10 +159,15 @@ def saved_for_resume(cluster: Cluster, session_id: str) -> list[str]:
     return [m.role for m in Saved.from_json(raw).messages if m.role != "system"] if raw else []
 
 
-def test_soca_resumes_on_the_other_node_after_a_kill_and_history_reads_from_either(cluster: Cluster) -> None:
-    """Runs last of the node tests: it kills the first node (SIGKILL: nothing saved at close)."""
+def test_soca_resumes_through_haproxy_after_its_node_is_killed_and_history_reads_from_either(
+    cluster: Cluster,
+) -> None:
+    """Runs last of the node tests: it kills the node the conversation landed on (SIGKILL: nothing
+    saved at close). The client reconnects through deploy/haproxy.cfg, which sends it to the live
+    node, and resumes there with its history and seq."""
+    if reason := haproxy_missing():
+        pytest.skip(reason)
     key, stranger = cluster.create_key(), cluster.create_key()
-    first, second = cluster.nodes
     session_id = f"sess_{uuid.uuid4().hex[:12]}"
     start = {
         "type": "start",
@@ -169,39 +177,47 @@ def test_soca_resumes_on_the_other_node_after_a_kill_and_history_reads_from_eith
         "sr": 16000,
         "prompt": SHORT,
     }
-    client = SocaClient(f"{first.ws}/v1/voice-ws", start)
-    try:
-        assert client.ready["type"] == "ready" and client.ready["resumed"] is False, client.ready
-        ended = client.say(espeak_16k("Please remember this: my name is Alice."))
-        client.final_answer(since=ended - 10, timeout=180)
-        last_seq = client.current_seq
-        deadline = time.monotonic() + 15  # the committed turn is stored, and saved for resuming
-        while (
-            len(history(second, session_id, key).json().get("turns", [])) < 2
-            or len(saved_for_resume(cluster, session_id)) < 2
-        ):
-            assert time.monotonic() < deadline, "the committed turn was not stored"
-            time.sleep(0.1)
-        turns = [history(node, session_id, key) for node in cluster.nodes]
-        assert turns[0].json() == turns[1].json()
-        assert [turn["role"] for turn in turns[0].json()["turns"]] == ["user", "assistant"]
-        assert "alice" in turns[0].json()["turns"][0]["text"].lower()
-        for node in cluster.nodes:  # another key reads nothing there, on any node
-            assert history(node, session_id, stranger).status_code == 404
-        first.process.kill()  # mid-conversation: the node saves nothing more
-        first.process.wait()
-    finally:
-        client.close()
+    with haproxy([("127.0.0.1", node.port) for node in cluster.nodes]) as balancer:
+        names = {f"node{index}": node for index, node in enumerate(cluster.nodes, 1)}
+        for name in names:
+            balancer.wait_state(name, "UP")
+        client = SocaClient(f"{balancer.ws}/v1/voice-ws", start)
+        try:
+            assert client.ready["type"] == "ready" and client.ready["resumed"] is False, client.ready
+            landed = next(name for name, node in names.items() if conversations(node) == 1)
+            first, second = names[landed], next(node for name, node in names.items() if name != landed)
+            ended = client.say(espeak_16k("Please remember this: my name is Alice."))
+            client.final_answer(since=ended - 10, timeout=180)
+            last_seq = client.current_seq
+            deadline = time.monotonic() + 15  # the committed turn is stored, and saved for resuming
+            while (
+                len(history(second, session_id, key).json().get("turns", [])) < 2
+                or len(saved_for_resume(cluster, session_id)) < 2
+            ):
+                assert time.monotonic() < deadline, "the committed turn was not stored"
+                time.sleep(0.1)
+            turns = [history(node, session_id, key) for node in cluster.nodes]
+            assert turns[0].json() == turns[1].json()
+            assert [turn["role"] for turn in turns[0].json()["turns"]] == ["user", "assistant"]
+            assert "alice" in turns[0].json()["turns"][0]["text"].lower()
+            for node in cluster.nodes:  # another key reads nothing there, on any node
+                assert history(node, session_id, stranger).status_code == 404
+            first.process.kill()  # mid-conversation: the node saves nothing more
+            first.process.wait()
+        finally:
+            client.close()
 
-    again = SocaClient(f"{second.ws}/chat/agent/voice-ws", start)
-    try:
-        assert again.ready["resumed"] is True and again.ready["seq"] == last_seq, again.ready
-        ended = again.say(espeak_16k("What is my name?"))
-        answer = again.final_answer(since=ended - 10, timeout=180)
-        assert "alice" in answer["text"].lower(), answer
-        assert answer["seq"] > last_seq
-    finally:
-        again.close()
+        balancer.wait_state(landed, "DOWN")  # a client's reconnect comes after the health check
+        again = SocaClient(f"{balancer.ws}/chat/agent/voice-ws", start)
+        try:
+            assert again.ready["resumed"] is True and again.ready["seq"] == last_seq, again.ready
+            assert conversations(second) == 1
+            ended = again.say(espeak_16k("What is my name?"))
+            answer = again.final_answer(since=ended - 10, timeout=180)
+            assert "alice" in answer["text"].lower(), answer
+            assert answer["seq"] > last_seq
+        finally:
+            again.close()
     deadline = time.monotonic() + 15
     while len(history(second, session_id, key).json()["turns"]) < 4:
         assert time.monotonic() < deadline
