@@ -39,7 +39,7 @@ def main() -> int:
 
     with contextlib.ExitStack() as cluster:
         redis_url = cluster.enter_context(redis_server())
-        database_url = cluster.enter_context(postgres_server(fsync=True))  # a cluster someone uses keeps its turns
+        database_url = cluster.enter_context(postgres_server(fsync=True))  # a used cluster keeps its turns
         env = {
             "VOXLOOP_REDIS_URL": redis_url,
             "VOXLOOP_DATABASE_URL": database_url,
