@@ -29,12 +29,12 @@ serve: setup
 	VOXLOOP_HOST=$(HOST) VOXLOOP_PORT=$(PORT) $(VENV)/bin/voxloop serve
 
 test: setup-dev
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench deploy
 	$(PY) -m pytest
 
 lint: setup-dev
-	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff check src tests bench deploy
+	$(PY) -m ruff format --check src tests bench deploy
 
 bench: setup-dev
 	$(PY) bench/run.py
