@@ -69,7 +69,7 @@ def test_canceller_keeps_the_user_talking_over_the_reply() -> None:
 def test_canceller_leaves_the_microphone_as_it_is_when_no_bot_audio_was_played() -> None:
     """Issue 16: with the canceller on, a question streamed with no reply ever played came out a
     frame (16 ms) late, and Whisper tiny.en read the shifted audio as "What is the capital I'm
-    saying?" (3 of 8 sub-frame shifts of that clip flip its reading)."""
+    saying?" (3 of 8 shifts of that clip, 0 to 64 ms, flip its reading)."""
     question = espeak_16k("What is the capital of Spain?")
     guard = EchoGuard(adaptive=True)
     out = [guard.process(question[start : start + 1600]) for start in range(0, len(question), 1600)]
