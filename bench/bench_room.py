@@ -13,6 +13,7 @@ user. Per room condition:
 - voice-to-voice p50: last voiced sample heard by the microphone -> first reply audio received.
 
 Run: .venv/bin/python bench/bench_room.py [--turns 20] [--rooms 1,2] [--scenarios echo,barge,...]
+(``VOXLOOP_ECHO_CANCELLER=false`` measures the one-tap echo guard alone.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -282,15 +283,17 @@ async def run_room(
         as_before(session)
     client = RoomClient(session, spec)
     tally = Tally()
+    runs: dict[str, Callable[[], Awaitable[None]]] = {
+        "echo": lambda: echo_turns(client, tally, turns),
+        "barge": lambda: barge_ins(client, tally, turns, human_clips()),
+        "backchannel": lambda: backchannels(client, tally, turns),
+        "pause": lambda: paused_utterances(client, tally, turns),
+    }
     try:
-        if "echo" in scenarios:
-            await echo_turns(client, tally, turns)
-        if "barge" in scenarios:
-            await barge_ins(client, tally, turns, human_clips())
-        if "backchannel" in scenarios:
-            await backchannels(client, tally, turns)
-        if "pause" in scenarios:
-            await paused_utterances(client, tally, turns)
+        for name in scenarios:
+            started = time.monotonic()
+            await runs[name]()
+            print(f"{spec.name}: {name} took {time.monotonic() - started:.0f} s: {tally}", file=sys.stderr)
     finally:
         await client.close()
     return tally

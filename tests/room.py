@@ -40,6 +40,8 @@ ROOMS = [
     RoomSpec("-6dB rt60=0.4 fan15", echo_db=-6, delay_ms=150, rt60_s=0.4, snr_db=15),
     RoomSpec("-6dB rt60=0.4 babble10", echo_db=-6, delay_ms=300, rt60_s=0.4, noise="babble", snr_db=10),
     RoomSpec("0dB rt60=0.6 fan10", echo_db=0, delay_ms=400, rt60_s=0.6, snr_db=10),
+    # No echo at all: whatever the echo guard does here may only be neutral.
+    RoomSpec("headphones", echo_db=None, rt60_s=0, drift_ppm=0, clip=None, noise=None),
 ]
 
 

@@ -10,7 +10,7 @@ from tests.room import RATE, Room, RoomSpec, level
 from tests.speech import espeak_16k, espeak_wav
 from voxloop.audio import speex
 from voxloop.audio.pcm import resample
-from voxloop.engine.echo import FRAME, EchoGuard
+from voxloop.engine.echo import EchoGuard
 
 WIRE_RATE = 44100
 ROOM = RoomSpec("-6dB rt60=0.4", echo_db=-6, delay_ms=150, rt60_s=0.4, drift_ppm=100, clip=0.5, noise=None)
@@ -27,14 +27,14 @@ def reply_audio() -> np.ndarray:
 
 
 def through_room(
-    reply: np.ndarray, user: np.ndarray | None, user_at: int
+    reply: np.ndarray, user: np.ndarray | None, user_at: int, after_s: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, EchoGuard]:
     """Sends ``reply`` as the server does (20 ms frames, 160 ms ahead) to a client in ``ROOM``;
-    returns the microphone, the guard's output (re-aligned) and the guard."""
+    returns the microphone, the guard's output and the guard."""
     room, guard = Room(ROOM, WIRE_RATE), EchoGuard(adaptive=True)
     reference = resample(reply, WIRE_RATE, RATE)
     mics, outs, sent, chunk = [], [], 0, WIRE_RATE // 50
-    while room.position < len(reference) + RATE:
+    while room.position < len(reference) + after_s * RATE:
         while sent < len(reply) and sent / WIRE_RATE <= room.position / RATE + 0.16:
             at = round(sent * RATE / WIRE_RATE)
             piece = reference[at : round((sent + chunk) * RATE / WIRE_RATE)]
@@ -46,8 +46,8 @@ def through_room(
         mic = room.hear(320)
         mics.append(mic)
         outs.append(guard.process(mic))
-    out = np.concatenate(outs)
-    return np.concatenate(mics), np.concatenate([out[FRAME:], np.zeros(FRAME, np.float32)]), guard
+    mic, out = np.concatenate(mics), np.concatenate(outs)
+    return mic, np.pad(out, (0, len(mic) - len(out))), guard  # the last part-frame is still held
 
 
 def test_canceller_removes_a_real_rooms_echo_and_follows_the_clock_drift() -> None:
@@ -64,3 +64,21 @@ def test_canceller_keeps_the_user_talking_over_the_reply() -> None:
     _, out, _ = through_room(reply_audio(), user, user_at)
     kept = np.mean(out[user_at : user_at + len(user)] ** 2) / np.mean(user**2)
     assert 0.7 < kept < 1.4, kept  # the user's words, with a little echo left on top
+
+
+def test_canceller_leaves_the_microphone_as_it_is_when_no_bot_audio_was_played() -> None:
+    """Issue 16: with the canceller on, a question streamed with no reply ever played came out a
+    frame (16 ms) late, and Whisper tiny.en read the shifted audio as "What is the capital I'm
+    saying?" (3 of 8 shifts of that clip, 0 to 64 ms, flip its reading)."""
+    question = espeak_16k("What is the capital of Spain?")
+    guard = EchoGuard(adaptive=True)
+    out = [guard.process(question[start : start + 1600]) for start in range(0, len(question), 1600)]
+    np.testing.assert_array_equal(np.concatenate(out), question)
+
+
+def test_after_the_replys_echo_has_died_away_the_microphone_is_passed_on_as_it_is() -> None:
+    reply = reply_audio()
+    user = level(espeak_16k("What is the capital of Spain?", "en-us+f3"))
+    user_at = (round(len(reply) * RATE / WIRE_RATE) // 320 + 60) * 320  # 1.2 s after the reply
+    mic, out, _ = through_room(reply, user, user_at, after_s=1.2 + len(user) / RATE + 0.5)
+    np.testing.assert_array_equal(out[user_at:], mic[user_at:])  # undelayed, nothing held back

@@ -122,9 +122,9 @@ class Settings(BaseSettings):
         True, description="Append a 'short, plain spoken sentences' instruction to every prompt."
     )
     echo_canceller: bool = Field(
-        False,
-        description="Run Speex's adaptive echo canceller behind the one-tap echo guard. Off by default: "
-        "it garbled a question streamed faster than real time with no echo at all (issue 16).",
+        True,
+        description="Run Speex's adaptive echo canceller behind the one-tap echo guard (where "
+        "libspeexdsp is found); false leaves the one-tap subtraction alone.",
     )
     server_tools: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -26,7 +26,7 @@ WINDOW = 4096  # samples correlated per delay estimate (~0.26 s)
 HISTORY = 1 << 16  # ring size (~4 s): covers window plus the largest delay
 ESTIMATE_EVERY = 512  # every VAD frame: client playback can shift by a frame at any time
 MIN_CORRELATION = 0.6  # normalised correlation needed to trust a delay
-FRAME = 256  # canceller frame (16 ms): also the latency the canceller adds
+FRAME = 256  # canceller frame (16 ms): while it runs, the most it delays the microphone
 FILTER = 4096  # canceller filter (256 ms): the room's tail after the direct path
 LEAD = 480  # the reference runs 30 ms ahead of the estimated echo: the filter stays causal
 FIT_SPAN = 6 * RATE  # delay estimates this recent set the drift
@@ -88,9 +88,12 @@ class EchoGuard:
             if adaptive and speex.library() is not None
             else None
         )
+        # The canceller works on whole frames, so while it runs the part-frame it has not seen yet
+        # waits; nothing else is ever delayed. (Delaying all input by a frame, echo or not, was
+        # enough to flip Whisper's reading of a question: issue 16.)
         self._unframed = np.zeros(0, dtype=np.float32)  # input not yet a whole canceller frame
         self._framed_at = 0  # mic position of _unframed[0]
-        self._cleaned = np.zeros(FRAME if self._canceller else 0, dtype=np.float32)  # output queue
+        self._held = np.zeros(0, dtype=np.float32)  # output waiting for the next ``process``
 
     def add_reference(self, samples: np.ndarray, starts_in_s: float, contiguous: bool) -> None:
         """Bot audio (16 kHz) the client starts playing ``starts_in_s`` from now.
@@ -121,9 +124,8 @@ class EchoGuard:
         self._mic[(self._position + np.arange(min(max(samples, 0), HISTORY))) % HISTORY] = 0.0
         self._position += max(samples, 0)
         # A part-frame left from before the gap goes out as it is: frames hold contiguous audio.
-        self._cleaned = np.concatenate([self._cleaned, self._unframed])
+        self._held = np.concatenate([self._held, self._unframed])
         self._unframed = np.zeros(0, dtype=np.float32)
-        self._framed_at = self._position
 
     def active(self) -> bool:
         """Whether bot audio may still be coming back through the microphone."""
@@ -141,8 +143,9 @@ class EchoGuard:
         return False
 
     def process(self, mic: np.ndarray) -> np.ndarray:
-        """The microphone samples with the estimated echo removed (``FRAME`` samples later when
-        the canceller runs: it works on whole frames)."""
+        """The microphone samples with the estimated echo removed. Unchanged and undelayed when no
+        bot audio can be coming back; while the adaptive canceller runs, up to a frame less (the
+        part-frame it has not seen yet, given back with the next call)."""
         start = self._position
         index = (start + np.arange(len(mic))) % HISTORY
         self._mic[index] = mic
@@ -154,36 +157,37 @@ class EchoGuard:
                 self._since_estimate = 0
                 self._estimate()
         uncertain = self.uncertain()
-        if self._canceller is not None:
-            steady = active and self.delay is not None and self.track.steady
-            early = active and self.delay is not None and self.gain > 0.0 and not steady
-            # Until the delay is confirmed, only the energy-checked one-tap subtraction runs.
-            out = self._cancel(self._subtract(mic, start) if early else mic, steady)
-        elif self.delay is None or self.gain <= 0.0 or not active:
-            out = mic
+        echo = active and self.delay is not None
+        if self._canceller is not None and echo and self.track.steady:
+            out = self._cancel(mic, start)
         else:
-            out = self._subtract(mic, start)
+            # Until the delay is confirmed, only the energy-checked one-tap subtraction runs.
+            out = self._subtract(mic, start) if echo and self.gain > 0.0 else mic
+            if len(self._unframed):  # the canceller stopped: its last part-frame goes out as heard
+                out = np.concatenate([self._unframed, out])
+                self._unframed = np.zeros(0, dtype=np.float32)
+        if len(self._held):
+            out, self._held = np.concatenate([self._held, out]), np.zeros(0, dtype=np.float32)
         # Clear the reference that is now older than any delay we search, so the ring can be reused.
         self._ref[(start - MAX_DELAY - WINDOW + np.arange(len(mic))) % HISTORY] = 0.0
-        return np.zeros_like(mic) if uncertain else out  # likely our own echo: no turn from it
+        return np.zeros_like(out) if uncertain else out  # likely our own echo: no turn from it
 
-    def _cancel(self, mic: np.ndarray, echo: bool) -> np.ndarray:
+    def _cancel(self, mic: np.ndarray, start: int) -> np.ndarray:
+        """The canceller's output for every whole frame now available."""
         assert self._canceller is not None
+        if not len(self._unframed):
+            self._framed_at = start
         self._unframed = np.concatenate([self._unframed, mic.astype(np.float32, copy=False)])
         done = []
         while len(self._unframed) >= FRAME:
             frame, self._unframed = self._unframed[:FRAME], self._unframed[FRAME:]
             at = self._framed_at
             self._framed_at += FRAME
-            if echo:
-                # One scaled copy of the reference comes off first (it alone cancels a digital
-                # loopback at once); the adaptive filter learns the rest of the path.
-                frame = frame - self.gain * self._far_end(at, 0)
-                frame = self._canceller.process(frame, self._far_end(at, LEAD))
-            done.append(frame)
-        self._cleaned = np.concatenate([self._cleaned, *done])
-        out, self._cleaned = self._cleaned[: len(mic)], self._cleaned[len(mic) :]
-        return out
+            # One scaled copy of the reference comes off first (it alone cancels a digital
+            # loopback at once); the adaptive filter learns the rest of the path.
+            frame = frame - self.gain * self._far_end(at, 0)
+            done.append(self._canceller.process(frame, self._far_end(at, LEAD)))
+        return np.concatenate(done) if done else np.zeros(0, dtype=np.float32)
 
     def _far_end(self, at: int, lead: int) -> np.ndarray:
         """The reference as it sounds at microphone positions ``at``..``at + FRAME``, ``lead``
