@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.agent_client import AgentClient
@@ -26,6 +27,7 @@ from tests.speech import (
     normalize_words,
     voice_distance,
 )
+from tests.test_protocol_keys import history
 from voxloop.audio.pcm import float_to_pcm16
 
 RATE = 16000
@@ -300,3 +302,44 @@ def test_spanish_conversation_switches_stt_llm_and_voice(server: RunningServer) 
         assert distances["es+m2"] < 0.5 * min(distances["es"], distances["en-us"]), distances
     finally:
         client.close()
+
+
+def test_reconnecting_with_the_session_id_continues_the_conversation(server: RunningServer) -> None:
+    """voxloop extension: `?session_id=` with the id of the key's earlier conversation brings its
+    turns back as history (from the history store, so on any node sharing it) and goes on storing
+    under it."""
+    url = f"{server.ws}/ws/agent?api_key={server.api_key}"
+    first = AgentClient(url, speed=2.0)
+    try:
+        session_id = first.ws.response.headers["x-voxloop-session"]
+        first.configure(PROMPT)
+        ended = first.say(espeak_16k("Please remember this: my name is Alice."))
+        first.wait_status("listening", since=ended, timeout=90)
+    finally:
+        first.close()
+    assert len(history(server, session_id, server.api_key, 2).json()["turns"]) == 2
+
+    again = AgentClient(f"{url}&session_id={session_id}", speed=2.0)
+    try:
+        again.ws.send(json.dumps({"type": "session_id"}))
+        assert again.wait_for(lambda m: m.get("type") == "session_id")["data"] == session_id
+        again.configure(PROMPT)
+        ended = again.say(espeak_16k("What is my name?"))
+        again.wait_status("listening", since=ended, timeout=90)
+        reply = again.wait_transcript("assistant", since=ended)["data"]
+        assert mentions(reply, "alice"), reply
+    finally:
+        again.close()
+    turns = history(server, session_id, server.api_key, 4).json()["turns"]
+    assert [turn["role"] for turn in turns] == ["user", "assistant", "user", "assistant"], turns
+
+
+def test_a_malformed_session_id_to_continue_is_refused(server: RunningServer) -> None:
+    with connect(f"{server.ws}/ws/agent?api_key={server.api_key}&session_id=no%20spaces") as ws:
+        assert json.loads(ws.recv(timeout=10)) == {
+            "type": "error",
+            "data": "'session_id' must be 1 to 128 letters, digits or _.:-",
+        }
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

@@ -73,6 +73,11 @@ def test_a_voice_agent_session_id_cannot_be_taken_or_read_by_another_key(
     assert refused == {"type": "error", "message": "session_id is in use by another key"}
     assert history(server, session_id, bob, 0).status_code == 404
     assert history(server, session_id, alice).json()["turns"] == found.json()["turns"]  # alice keeps it
+    # Nor can bob continue it as a Lokutor conversation (`?session_id=`, a voxloop extension).
+    with connect(f"{server.ws}/ws/agent?api_key={bob}&session_id={session_id}") as ws:
+        refused = json.loads(ws.recv(timeout=10))
+    assert refused == {"type": "error", "data": "session_id is in use by another key"}
+    assert history(server, session_id, alice).json()["turns"] == found.json()["turns"]
 
 
 def race_for(server: RunningServer, tenants: dict[str, str], session_id: str) -> dict[str, dict]:

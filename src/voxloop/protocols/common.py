@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from voxloop.backends.llm.base import ChatMessage
 from voxloop.backends.registry import Backends
 from voxloop.engine.segmenter import SegmenterConfig
 from voxloop.engine.session import Session, SessionConfig
@@ -18,6 +19,7 @@ from voxloop.engine.tools import builtin_tools
 from voxloop.service.limits import Lease, LimitExceeded
 
 SUPPORTED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+SESSION_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")  # what a client may name a conversation
 
 
 def check_sample_rate(rate: object) -> int:
@@ -130,6 +132,34 @@ def keep_history(
         task.add_done_callback(reports.discard)
 
     session.history.listeners.append(store.listener(session_id or lease.session_id, lease.key.id, on_error))
+
+
+async def stored_by_others(state: Any, session_id: str, key_id: str) -> bool:
+    """Whether the history store keeps turns of another key under ``session_id``."""
+    store = getattr(state, "history", None)
+    if store is None:
+        return False
+    return bool(await store.read_owners(session_id) - {key_id})
+
+
+async def continue_conversation(state: Any, session: Session, lease: Lease, session_id: str) -> None:
+    """A client reconnecting under the id of its key's earlier conversation continues it, on any
+    node that shares the history store: the stored turns come back as ``session``'s history and the
+    id is held for this key while the session lives. Raises ValueError for an id that is malformed,
+    or live or stored under another key (which learns nothing more of it)."""
+    if not SESSION_ID.fullmatch(session_id):
+        raise ValueError("'session_id' must be 1 to 128 letters, digits or _.:-")
+    claim = await state.limits.claim(session_id, lease.key.id)
+    if claim is None:
+        raise ValueError("session_id is in use by another key")
+    lease.claims.append(claim)  # released with the lease
+    if await stored_by_others(state, session_id, lease.key.id):
+        raise ValueError("session_id is in use by another key")
+    store = getattr(state, "history", None)
+    if store is not None:
+        turns = await store.read_turns(session_id, lease.key.id)
+        # Inserted before the history listener is attached: they are stored already.
+        session.history.insert([ChatMessage(turn.role, turn.text) for turn in turns])
 
 
 def admit_audio(lease: Lease | None, seconds: float) -> tuple[bool, str | None]:

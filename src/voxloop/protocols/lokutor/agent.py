@@ -7,7 +7,9 @@ Out: ``status`` / ``transcript`` / ``visemes`` / ``tool_call`` / ``metrics`` / `
 binary reply audio at the playback rate. voxloop extensions, sent only to clients that opt in:
 ``metrics`` (per-turn latency) and ``live`` (``partial_transcript`` and ``text_delta``), and
 ``session_id`` (answered with the id under which ``GET /v1/sessions/{id}`` keeps the history; the
-upgrade response carries it too, as ``X-Voxloop-Session``).
+upgrade response carries it too, as ``X-Voxloop-Session``), and ``?session_id=<that id>`` on a
+later connection of the same key, which continues that conversation with its history (on any node
+sharing the history store).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from voxloop.engine.tools import parse_client_tools
 from voxloop.protocols.common import (
     admit_audio,
     check_sample_rate,
+    continue_conversation,
     keep_history,
     new_session,
     parse_message,
@@ -36,6 +39,7 @@ from voxloop.protocols.common import (
 )
 from voxloop.protocols.lokutor.common import RateSniffer
 from voxloop.service.guard import lease_of
+from voxloop.service.limits import LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +49,19 @@ MAX_HOLD_S = 1.5  # a client that pauses before the first window closes gets its
 
 
 class LokutorAgent:
-    def __init__(self, websocket: WebSocket, session: Session) -> None:
+    def __init__(self, websocket: WebSocket, session: Session, session_id: str | None = None) -> None:
         self.websocket, self.session = websocket, session
         self.want_metrics = False
         self.live = False  # voxloop extension: partial transcripts and streamed reply text
         self.sending = asyncio.Lock()  # replies and event forwarding share one socket
         self.lease = lease_of(websocket)
-        self.session_id = self.lease.session_id if self.lease else None
+        self.session_id = session_id or (self.lease.session_id if self.lease else None)
         # Until a `rates` message declares it, the microphone rate is inferred; the first second
         # of audio waits for that decision rather than be heard at the wrong speed.
         self.sniffer: RateSniffer | None = RateSniffer(session.config.input_rate)
         self.held: list[bytes] = []
         self.releasing: asyncio.Future[None] | None = None
-        keep_history(session, websocket.app.state, self.lease, self.error)
+        keep_history(session, websocket.app.state, self.lease, self.error, session_id=session_id or "")
 
     async def send_json(self, message: dict[str, Any]) -> None:
         async with self.sending:
@@ -226,7 +230,19 @@ def _flag(value: object, field: str) -> bool:
 
 async def serve_agent(websocket: WebSocket, backends: Backends) -> None:
     session = new_session(backends)
-    agent = LokutorAgent(websocket, session)
+    # voxloop extension: `?session_id=<id>` (an id this key's earlier conversation was kept under,
+    # from the `session_id` message) continues that conversation, on this node or any other.
+    session_id = websocket.query_params.get("session_id")
+    lease = lease_of(websocket)
+    if session_id is not None and lease is not None:
+        try:
+            await continue_conversation(websocket.app.state, session, lease, session_id)
+        except (ValueError, LimitExceeded) as exc:  # LimitExceeded: the shared state does not answer
+            await session.close()
+            await websocket.send_text(json.dumps({"type": "error", "data": str(exc)}))
+            await websocket.close(code=1008)
+            return
+    agent = LokutorAgent(websocket, session, session_id)
     if await run_session(session, agent.receive(), agent.forward_events()):
         with contextlib.suppress(Exception):
             await websocket.close(code=1008, reason="client stopped reading")

@@ -8,15 +8,13 @@ in the Soca docs in either case: ``min_partial_chars``, ``min_partial_words``, `
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voxloop.config import Settings
 from voxloop.engine.barge_in import BargeInRules
-from voxloop.protocols.common import check_sample_rate
+from voxloop.protocols.common import SESSION_ID, check_sample_rate
 
-SESSION_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_PROMPT = 20000
 
 

@@ -42,7 +42,14 @@ from voxloop.backends.registry import Backends
 from voxloop.config import Settings
 from voxloop.engine import events
 from voxloop.engine.session import Session
-from voxloop.protocols.common import admit_audio, keep_history, new_session, parse_json, run_session
+from voxloop.protocols.common import (
+    admit_audio,
+    keep_history,
+    new_session,
+    parse_json,
+    run_session,
+    stored_by_others,
+)
 from voxloop.protocols.soca.resume import Resumable, ResumeStore, Saved, SaveEachTurn, owner_of
 from voxloop.protocols.soca.start import Start, parse_start, token_of
 from voxloop.service.guard import Connection, hold_connection, origin_allowed, run_leased
@@ -298,14 +305,6 @@ async def read_start(websocket: WebSocket, backends: Backends) -> tuple[Start, K
     except ValueError as exc:
         await refuse(websocket, str(exc))
         return None
-
-
-async def stored_by_others(state: Any, session_id: str, key_id: str) -> bool:
-    """Whether the history store keeps turns of another key under ``session_id``."""
-    store = getattr(state, "history", None)
-    if store is None:
-        return False
-    return bool(await store.read_owners(session_id) - {key_id})
 
 
 def session_changes(start: Start) -> dict[str, Any]:
