@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.server import RunningServer
+from tests.server import RunningServer, start_server
 from tests.speech import espeak_wav
 from voxloop.audio.pcm import read_wav, resample, write_wav
 
@@ -38,8 +38,9 @@ MIC_RATE = 48000
 AMHARIC_QUESTION = "የኢትዮጵያ ዋና ከተማ ማን ናት?"
 ENGLISH_QUESTION = "What is the capital of France?"
 # Seed 003's example speaks Indonesian (lang "id"). Whisper base hears eSpeak's Indonesian with a
-# confidence near Soca's 0.30 barge-in floor; this question's partials clear it (0.33-0.38).
-INDONESIAN_QUESTION = "Terima kasih, sekarang ceritakan tentang Bali."
+# confidence near Soca's 0.30 barge-in floor; this question's partials clear it (0.33-0.44), and its
+# answer (three things) is long enough to speak over.
+INDONESIAN_QUESTION = "Terima kasih, sekarang jelaskan tiga hal tentang Bali."
 OVERLAP_TOLERANCE_S = 0.03  # two players' event timestamps on a busy machine
 
 # Records every Audio element's play-out, without touching the pages' own code.
@@ -388,9 +389,19 @@ class MuteButton:
         server_side.on_message(downstream)
 
 
+@pytest.fixture
+def long_answers(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server without the spoken-style prompt suffix (one to three short sentences): its answers
+    last long enough to be spoken over, however late a busy machine hears the user's words."""
+    running = start_server(tmp_path, env={"VOXLOOP_SPOKEN_STYLE": "false"})
+    yield running
+    running.stop()
+
+
 def test_soca_example_plays_sentences_in_order_and_a_barge_stops_them(
-    driver: playwright.Playwright, tmp_path: Path, pages: str, server: RunningServer
+    driver: playwright.Playwright, tmp_path: Path, pages: str, long_answers: RunningServer
 ) -> None:
+    server = long_answers
     wav = microphone(tmp_path, "indonesian", INDONESIAN_QUESTION, "id", silence_s=3)
     browser = launch(driver, wav)
     mute = MuteButton(first_s=len(read_wav(wav.read_bytes())[0]) / MIC_RATE)
@@ -444,6 +455,11 @@ def test_soca_example_plays_sentences_in_order_and_a_barge_stops_them(
         cut = [p for p in plays if p["playing"] and p["playing"] < at <= p["paused"]]
         assert cut and all(p["ended"] is None and p["paused"] - at < 0.5 for p in cut), (barge, plays)
         assert not [p for p in plays if p["playing"] and p["playing"] > at], (barge, plays)
+        stopped_ms = ", ".join(f"{(p['paused'] - at) * 1000:.0f}" for p in cut)
+        print(
+            f"soca: {len(older)} sentences before barge seq {barge['seq']}, "
+            f"the one playing stopped in {stopped_ms} ms"
+        )
         assert not [line for line in console if line.startswith(("error", "pageerror"))], console
     finally:
         page.context.close()
