@@ -355,15 +355,13 @@ def test_lokutor_sockets_from_a_browser(
 class MuteButton:
     """The user's microphone mute, between the page and the server: while muted, each of the page's
     binary frames goes on as silence of the same length. The user asks the question once (the
-    first ``first_s`` of the microphone), keeps quiet while it is answered, and says it again
-    (chromium loops the file) over each answer until one is cut while it plays; then keeps quiet."""
+    first ``first_s`` of the microphone), keeps quiet while it is heard and thought over, and says
+    it again (chromium loops the file) over each answer as it comes."""
 
     def __init__(self, first_s: float) -> None:
         self.first_bytes = round(first_s * 16000) * 2  # the page sends PCM16 at 16 kHz
         self.sent = 0
         self.muted = False
-        self.answering = False  # a sentence of the latest answer came
-        self.barged = False  # an answer was cut while it played
 
     def route(self, page_side: playwright.WebSocketRoute) -> None:
         server_side = page_side.connect_to_server()
@@ -371,7 +369,9 @@ class MuteButton:
         def upstream(message: str | bytes) -> None:
             if isinstance(message, bytes):
                 self.sent += len(message)
-                if self.muted or (self.sent > self.first_bytes and not self.answering):
+                if self.sent - len(message) <= self.first_bytes < self.sent:
+                    self.muted = True  # asked once
+                if self.muted:
                     message = bytes(len(message))
             server_side.send(message)
 
@@ -379,11 +379,9 @@ class MuteButton:
             page_side.send(message)
             kind = json.loads(message).get("type") if isinstance(message, str) else None
             if kind in ("stt.final", "barge"):
-                self.barged = self.barged or (kind == "barge" and self.answering)
-                self.muted, self.answering = True, False  # heard: quiet while it is answered
+                self.muted = True  # heard: quiet while it is thought over
             elif kind == "agent":
-                self.answering = True
-                self.muted = self.barged  # an answer plays: speak over it
+                self.muted = False  # an answer plays: speak over it
 
         page_side.on_message(upstream)
         server_side.on_message(downstream)
