@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -31,14 +32,33 @@ def serve(args: argparse.Namespace) -> int:
         start_http_server(settings.metrics_port, settings.metrics_host)
 
     class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT: stop accepting, tell open sessions (1001) and let them close, and only
-        then let uvicorn cut what is left (it would close every socket at once with 1012)."""
+        """On SIGTERM/SIGINT: readiness goes false and new sessions are refused; open sessions may
+        end by themselves for ``drain_grace_s``; then stop accepting, tell the rest (1001) and let
+        them close, and only then let uvicorn cut what is left (it would close all at once, 1012)."""
 
         async def shutdown(self, sockets: list | None = None) -> None:
+            app.state.limits.draining = True  # /readyz answers 503 from now on: a balancer stops sending
+            await self.let_sessions_finish()
             for server in self.servers:
                 server.close()
             await app.state.limits.drain(settings.drain_timeout_s)
             await super().shutdown(sockets)
+
+        async def let_sessions_finish(self) -> None:
+            """Still listening (the balancer's health checks must read the 503), until the open
+            sessions have ended, ``drain_grace_s`` has passed, or a second Ctrl-C says hurry."""
+            limits, grace_s = app.state.limits, settings.drain_grace_s
+            if limits.leases() and grace_s:
+                logging.getLogger("voxloop.serve").info(
+                    "draining: %d sessions open, waiting up to %g s", len(limits.leases()), grace_s
+                )
+            deadline = time.monotonic() + grace_s
+            while limits.leases() and (left := deadline - time.monotonic()) > 0 and not self.force_exit:
+                limits.closed.clear()
+                try:
+                    await asyncio.wait_for(limits.closed.wait(), min(left, 0.5))
+                except TimeoutError:
+                    pass  # time to look at the deadline and at a second Ctrl-C
 
     config = uvicorn.Config(
         app,

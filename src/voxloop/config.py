@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     )
     idle_timeout_s: float = Field(600, ge=0, description="A session with no client message this long ends.")
     drain_timeout_s: float = Field(5, ge=0, description="On SIGTERM, time given to sessions to close.")
+    drain_grace_s: float = Field(
+        0,
+        ge=0,
+        description="On SIGTERM, time open sessions may go on and end by themselves (readiness already "
+        "false, new sessions refused) before they are told to close; for nodes behind a balancer.",
+    )
 
     # --- speech-to-text (faster-whisper, CTranslate2 directories) ---
     stt_model_en: str = Field("tiny.en", description="'tiny.en' (embedded) or a CTranslate2 dir.")
@@ -92,7 +98,11 @@ class Settings(BaseSettings):
     llm_context: int = 4096
     llm_threads: int = 1
     llm_batch_threads: int = 2  # prompt evaluation: the STT is done by then, so both cores are free
-    llm_base_url: str = "http://127.0.0.1:8000/v1"
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        description="OpenAI-compatible server; a comma-separated list is a pool of replicas (failover).",
+    )
+    llm_health_interval_s: float = Field(5.0, gt=0, description="How often a pool's servers are probed.")
     llm_api_key: str = ""
     llm_remote_model: str = "default"
     llm_vision: bool = Field(False, description="The remote model accepts images (video frames).")

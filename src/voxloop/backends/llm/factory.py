@@ -9,6 +9,11 @@ from voxloop.config import Settings
 def create_llm(settings: Settings) -> LanguageModel:
     # Imported on demand: loading llama.cpp is wasted work when a remote server answers.
     if settings.llm_backend == "openai":
+        urls = [url.strip() for url in settings.llm_base_url.split(",") if url.strip()]
+        if len(urls) > 1:
+            from voxloop.backends.llm.pool import LlmPool
+
+            return LlmPool(settings, urls)
         from voxloop.backends.llm.openai_http import OpenAiLlm
 
         return OpenAiLlm(settings)

@@ -65,14 +65,19 @@ def openai_messages(messages: list[ChatMessage], arguments_as_json: bool = True)
     return rendered
 
 
+class LlmRefused(LlmError):
+    """The server refused the request itself (HTTP 4xx other than 408/429): another server would too."""
+
+
 class OpenAiLlm:
     """Streams ``/chat/completions`` (server-sent events) from an OpenAI-compatible server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, base_url: str | None = None) -> None:
         self.name = f"openai:{settings.llm_remote_model}"
         self.accepts_images = settings.llm_vision
+        self.base_url = (base_url or settings.llm_base_url).rstrip("/")
         self._settings = settings
-        self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+        self._url = self.base_url + "/chat/completions"
         headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
         # One timeout for connecting and for the gap between two chunks of the stream.
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(settings.llm_timeout_s))
@@ -80,12 +85,27 @@ class OpenAiLlm:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    async def probe(self, timeout_s: float) -> str | None:
+        """None if the server does not answer ``GET /models`` (every OpenAI-compatible server has
+        it), else who serves the model, its ``owned_by`` ("llamacpp", "vllm", ...; "" if unsaid)."""
+        try:
+            response = await self._client.get(self.base_url + "/models", timeout=timeout_s)
+            models = response.json().get("data") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        if not isinstance(models, list):
+            return None
+        first = models[0] if models and isinstance(models[0], dict) else {}
+        return str(first.get("owned_by") or "")
+
     async def stream(
         self,
         messages: list[ChatMessage],
         tools: list[ToolSpec] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        seed: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> AsyncIterator[LlmEvent]:
         body: dict[str, Any] = {
             "model": self._settings.llm_remote_model,
@@ -96,10 +116,14 @@ class OpenAiLlm:
         }
         if tools:
             body["tools"] = openai_tools(tools)
+        if seed is not None:
+            body["seed"] = seed
+        body |= extra or {}
         try:
             async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code >= 400:
-                    raise LlmError(
+                    own_fault = response.status_code < 500 and response.status_code not in (408, 429)
+                    raise (LlmRefused if own_fault else LlmError)(
                         f"LLM server {self._url} answered HTTP {response.status_code}: "
                         f"{await _error_detail(response)}"
                     )
