@@ -38,9 +38,9 @@ MIC_RATE = 48000
 AMHARIC_QUESTION = "የኢትዮጵያ ዋና ከተማ ማን ናት?"
 ENGLISH_QUESTION = "What is the capital of France?"
 # Seed 003's example speaks Indonesian (lang "id"). Whisper base hears eSpeak's Indonesian with a
-# confidence near Soca's 0.30 barge-in floor; this question's partials clear it (0.33-0.44), and its
+# confidence near Soca's 0.30 barge-in floor; this question's first 1-1.5 s clear it (0.31-0.40), and its
 # answer (three things) is long enough to speak over.
-INDONESIAN_QUESTION = "Terima kasih, sekarang jelaskan tiga hal tentang Bali."
+INDONESIAN_QUESTION = "Selamat pagi, jelaskan tiga hal tentang Bali."
 OVERLAP_TOLERANCE_S = 0.03  # two players' event timestamps on a busy machine
 
 # Records every Audio element's play-out, without touching the pages' own code.
