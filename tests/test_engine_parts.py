@@ -133,7 +133,7 @@ def test_history_is_bounded_drops_in_halves_and_never_starts_with_a_tool_result(
     )
     assert history.messages[0].role == "user"  # a turn is trimmed whole, never to an orphan result
     assert history.for_llm("en", [ChatMessage("user", "x")])[-1].content == "x"
-    assert "'es'" in history.for_llm("es")[0].content
+    assert "Spanish" in history.for_llm("es")[0].content
 
 
 async def test_tools_registry_and_client_declarations() -> None:

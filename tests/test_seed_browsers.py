@@ -11,20 +11,22 @@ from __future__ import annotations
 import functools
 import http.server
 import itertools
+import json
 import os
+import re
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.server import RunningServer
+from tests.server import RunningServer, start_server
 from tests.speech import espeak_wav
-from voxloop.audio.pcm import resample, write_wav
+from voxloop.audio.pcm import read_wav, resample, write_wav
 
 playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extras)")
 from tests.test_playground import launch  # noqa: E402 -- one browser launcher; skips without chromium
@@ -35,6 +37,10 @@ NPM_PACKAGES = ["socket.io-client@4.8.1"]
 MIC_RATE = 48000
 AMHARIC_QUESTION = "የኢትዮጵያ ዋና ከተማ ማን ናት?"
 ENGLISH_QUESTION = "What is the capital of France?"
+# Seed 003's example speaks Indonesian (lang "id"). Whisper base hears eSpeak's Indonesian with a
+# confidence near Soca's 0.30 barge-in floor; this question's first 1-1.5 s clear it (0.31-0.40), and its
+# answer (three things) is long enough to speak over.
+INDONESIAN_QUESTION = "Selamat pagi, jelaskan tiga hal tentang Bali."
 OVERLAP_TOLERANCE_S = 0.03  # two players' event timestamps on a busy machine
 
 # Records every Audio element's play-out, without touching the pages' own code.
@@ -105,11 +111,11 @@ def pages(node_modules: Path) -> Iterator[str]:
     httpd.shutdown()
 
 
-def microphone(folder: Path, name: str, text: str, voice: str) -> Path:
+def microphone(folder: Path, name: str, text: str, voice: str, silence_s: float = 12) -> Path:
     """The question after a short pause, then silence (chromium loops the file)."""
     speech, rate = espeak_wav(text, voice)
     audio = np.concatenate(
-        [np.zeros(MIC_RATE // 3), resample(speech, rate, MIC_RATE), np.zeros(12 * MIC_RATE)]
+        [np.zeros(MIC_RATE // 3), resample(speech, rate, MIC_RATE), np.zeros(int(silence_s * MIC_RATE))]
     )
     path = folder / f"{name}.wav"
     path.write_bytes(write_wav(audio.astype(np.float32), MIC_RATE))
@@ -138,12 +144,16 @@ def english_browser(driver, tmp_path_factory) -> Iterator[playwright.Browser]:
     browser.close()
 
 
-def open_page(browser: playwright.Browser, url: str) -> tuple[playwright.Page, list[str]]:
+def open_page(
+    browser: playwright.Browser, url: str, before: Callable[[playwright.Page], None] | None = None
+) -> tuple[playwright.Page, list[str]]:
     page = browser.new_context().new_page()
     console: list[str] = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     page.add_init_script(RECORD_PLAYS)
+    if before is not None:
+        before(page)
     page.goto(url)
     return page, console
 
@@ -156,6 +166,26 @@ def wait_until(page: playwright.Page, condition, timeout: float, what: str, cons
             return result
         page.wait_for_timeout(100)
     raise AssertionError(f"timed out waiting for {what}; console: {(console or [])[-20:]}")
+
+
+def record_messages(page: playwright.Page, socket: str) -> None:
+    """Logs the JSON messages of the page's WebSocket ``socket`` (an expression) in ``__msgs``, each
+    with its arrival time (``at``, on the players' clock), beside the page's own handler."""
+    page.evaluate(
+        f"window.__msgs = []; {socket}.addEventListener('message', e => "
+        "__msgs.push({ ...JSON.parse(e.data), at: performance.now() / 1000 }))"
+    )
+
+
+def wait_for_playback(page: playwright.Page, timeout: float, console: list[str] | None = None) -> list[dict]:
+    """Every Audio element the page made, once at least one has and each one has ended."""
+    return wait_until(
+        page,
+        lambda: (plays := page.evaluate("window.__plays")) and all(p["ended"] for p in plays) and plays,
+        timeout,
+        "every chunk to play out",
+        console,
+    )
 
 
 def played_in_turn(plays: list[dict]) -> tuple[float, float]:
@@ -190,13 +220,7 @@ def test_selam_example_amharic_push_to_talk(
             page, lambda: [line for line in console if "User:" in line], 60, "a transcription", console
         )
         wait_until(page, lambda: page.evaluate("window.__ends") >= 1, 120, "audio_end", console)
-        plays = wait_until(
-            page,
-            lambda: (p := page.evaluate("window.__plays")) and all(x["ended"] for x in p) and p,
-            60,
-            "every chunk to play out",
-            console,
-        )
+        plays = wait_for_playback(page, 60, console)
         overlap, gap = played_in_turn(plays)
         print(
             f"selam play-on-arrival: {len(plays)} chunks, "
@@ -216,9 +240,7 @@ def test_voice_agent_client_clip_playback_and_interrupt(
     )
     try:
         page.wait_for_function("client.ws.readyState === 1", timeout=20_000)
-        page.evaluate(
-            "window.__msgs = []; client.ws.addEventListener('message', e => __msgs.push(JSON.parse(e.data)))"
-        )
+        record_messages(page, "client.ws")
         speech_s = len(espeak_wav(ENGLISH_QUESTION)[0]) / 22050
         page.evaluate(f"recordQuestion({1 / 3 + speech_s + 0.5:.2f})")
         messages = lambda: page.evaluate("__msgs")  # noqa: E731
@@ -232,13 +254,7 @@ def test_voice_agent_client_clip_playback_and_interrupt(
         assert "france" in heard["text"].lower(), heard
         done = first("response_complete", 90)
         assert "paris" in done["text"].lower(), done
-        wait_until(
-            page,
-            lambda: page.evaluate("__plays.length && __plays.every(p => p.ended)"),
-            60,
-            "playback",
-            console,
-        )
+        wait_for_playback(page, 60, console)
 
         # A long answer, interrupted from the page while it plays.
         page.evaluate(
@@ -334,3 +350,115 @@ def test_lokutor_sockets_from_a_browser(
         assert result[path]["end"] == "EOS" and result[path]["seconds"] > 0.5, result[path]
         assert result[path]["played"] >= result[path]["seconds"], result
     assert result["/ws/agent"]["answer"] == {"type": "status", "data": "prompt_set"}
+
+
+class MuteButton:
+    """The user's microphone mute, between the page and the server: while muted, each of the page's
+    binary frames goes on as silence of the same length. The user asks the question once (the
+    first ``first_s`` of the microphone), keeps quiet while it is heard and thought over, and says
+    it again (chromium loops the file) over each answer as it comes."""
+
+    def __init__(self, first_s: float) -> None:
+        self.first_bytes = round(first_s * 16000) * 2  # the page sends PCM16 at 16 kHz
+        self.sent = 0
+        self.muted = False
+
+    def route(self, page_side: playwright.WebSocketRoute) -> None:
+        server_side = page_side.connect_to_server()
+
+        def upstream(message: str | bytes) -> None:
+            if isinstance(message, bytes):
+                self.sent += len(message)
+                if self.sent - len(message) <= self.first_bytes < self.sent:
+                    self.muted = True  # asked once
+                if self.muted:
+                    message = bytes(len(message))
+            server_side.send(message)
+
+        def downstream(message: str | bytes) -> None:
+            page_side.send(message)
+            kind = json.loads(message).get("type") if isinstance(message, str) else None
+            if kind in ("stt.final", "barge"):
+                self.muted = True  # heard: quiet while it is thought over
+            elif kind == "agent":
+                self.muted = False  # an answer plays: speak over it
+
+        page_side.on_message(upstream)
+        server_side.on_message(downstream)
+
+
+@pytest.fixture
+def long_answers(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server without the spoken-style prompt suffix (one to three short sentences): its answers
+    last long enough to be spoken over, however late a busy machine hears the user's words."""
+    running = start_server(tmp_path, env={"VOXLOOP_SPOKEN_STYLE": "false"})
+    yield running
+    running.stop()
+
+
+def test_soca_example_plays_sentences_in_order_and_a_barge_stops_them(
+    driver: playwright.Playwright, tmp_path: Path, pages: str, long_answers: RunningServer
+) -> None:
+    server = long_answers
+    wav = microphone(tmp_path, "indonesian", INDONESIAN_QUESTION, "id", silence_s=3)
+    browser = launch(driver, wav)
+    mute = MuteButton(first_s=len(read_wav(wav.read_bytes())[0]) / MIC_RATE)
+    page, console = open_page(
+        browser,
+        f"{pages}/soca.html?server={server.ws}&key={server.api_key}",
+        lambda page: page.route_web_socket(re.compile(r".*/voice-ws$"), mute.route),
+    )
+    try:
+        page.wait_for_function("ws.readyState === 1", timeout=20_000)
+        record_messages(page, "ws")
+        messages = lambda: page.evaluate("__msgs")  # noqa: E731
+
+        def barged_while_playing() -> dict | None:
+            """The first barge that came while a sentence was playing."""
+            plays = page.evaluate("__plays")
+            for barge in (m for m in messages() if m["type"] == "barge"):
+                at = barge["at"]
+                if any(p["playing"] and p["playing"] < at <= (p["paused"] or at) for p in plays):
+                    return barge
+            return None
+
+        # A barge comes within one or two answers on a quiet machine; each try costs ~10 s.
+        try:
+            barge = wait_until(page, barged_while_playing, 150, "a barge-in while a sentence plays", console)
+        except AssertionError as exc:
+            seen = [(m["type"], m.get("stepType"), m.get("seq"), round(m["at"], 1)) for m in messages()]
+            raise AssertionError(f"{exc}\nmessages: {seen}\nplays: {page.evaluate('__plays')}") from None
+        log = messages()
+        kinds = [m["type"] for m in log]
+        assert kinds[0] == "ready", kinds
+        # The first turn: partials, then the final, then the answer's sentences, in that order.
+        first_final = kinds.index("stt.final")
+        first_sentence = next(i for i, m in enumerate(log) if m.get("stepType") == "sentence")
+        assert "stt.partial" in kinds[:first_final] and first_final < first_sentence, kinds
+        sentences = [m for m in log if m.get("stepType") == "sentence"]
+        assert all(m["audio"] for m in sentences), "a sentence without its MP3"
+        older = [m for m in sentences if m["at"] < barge["at"]]  # one player each, made in this order
+        assert older and barge["reason"] == "content_partial", barge
+
+        # The page stops the sentence playing at the barge at once, and starts no older one after it.
+        at = barge["at"]
+        wait_until(
+            page,
+            lambda: all(p["paused"] for p in page.evaluate("__plays")[: len(older)] if p["playing"]),
+            5,
+            "the old answer to stop playing",
+            console,
+        )
+        plays = page.evaluate("__plays")[: len(older)]
+        cut = [p for p in plays if p["playing"] and p["playing"] < at <= p["paused"]]
+        assert cut and all(p["ended"] is None and p["paused"] - at < 0.5 for p in cut), (barge, plays)
+        assert not [p for p in plays if p["playing"] and p["playing"] > at], (barge, plays)
+        stopped_ms = ", ".join(f"{(p['paused'] - at) * 1000:.0f}" for p in cut)
+        print(
+            f"soca: {len(older)} sentences before barge seq {barge['seq']}, "
+            f"the one playing stopped in {stopped_ms} ms"
+        )
+        assert not [line for line in console if line.startswith(("error", "pageerror"))], console
+    finally:
+        page.context.close()
+        browser.close()

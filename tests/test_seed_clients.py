@@ -108,27 +108,35 @@ def test_lokutor_raw_api_example_with_an_undeclared_16k_microphone(server: Runni
         ws.send(json.dumps({"type": "voice", "data": "F1"}))
         ws.send(json.dumps({"type": "language", "data": "en"}))
 
+        hung_up = threading.Event()  # the test has its answer and closes the socket
+
         def mic_stream() -> None:
             read = 2048  # CHUNK_SIZE: one input_stream.read() returns once 2048 samples are captured
             next_at = time.monotonic()
             for start in range(0, len(microphone) - read + 1, read):
                 next_at += read / 16000
-                time.sleep(max(0.0, next_at - time.monotonic()))
+                if hung_up.wait(max(0.0, next_at - time.monotonic())):
+                    return
                 ws.send(float_to_pcm16(microphone[start : start + read]))
 
-        threading.Thread(target=mic_stream, daemon=True).start()
+        mic = threading.Thread(target=mic_stream, daemon=True)
+        mic.start()
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                message = ws.recv(timeout=1)
-            except TimeoutError:
-                continue
-            received.append((time.monotonic(), message))
-            if isinstance(message, str) and json.loads(message).get("type") == "status":
-                if json.loads(message)["data"] == "listening" and any(
-                    isinstance(m, bytes) for _, m in received
-                ):
-                    break
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    message = ws.recv(timeout=1)
+                except TimeoutError:
+                    continue
+                received.append((time.monotonic(), message))
+                if isinstance(message, str) and json.loads(message).get("type") == "status":
+                    if json.loads(message)["data"] == "listening" and any(
+                        isinstance(m, bytes) for _, m in received
+                    ):
+                        break
+        finally:
+            hung_up.set()
+            mic.join()  # before the close: the example's microphone stops with its socket
     messages = [json.loads(m) for _, m in received if isinstance(m, str)]
     assert not [m for m in messages if m["type"] == "error"], messages
     user = [m["data"] for m in messages if m["type"] == "transcript" and m["role"] == "user"]

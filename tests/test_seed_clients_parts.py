@@ -171,7 +171,7 @@ def test_spoken_style_can_be_turned_off_or_opted_out_of() -> None:
     assert SPOKEN_STYLE in history.system("en").content
     history.spoken_style = False
     assert history.system("en").content == "You are a pirate."
-    assert "'es'" in history.system("es").content  # the reply language is still asked for
+    assert "Always answer in Spanish." in history.system("es").content  # still asked for
     history = History(f"{VERBATIM} Answer in JSON.")
     assert history.system("en").content == "Answer in JSON."
 

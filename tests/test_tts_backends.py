@@ -164,6 +164,11 @@ def test_speech_pieces() -> None:
     assert speech_pieces(SENTENCE, first_chunk_chars=20) == ["Hello,", "how can I help you today?"]
     assert speech_pieces(SENTENCE, first_chunk_chars=100) == [SENTENCE]
     assert speech_pieces("Well, yes, I think so, really.", 20) == ["Well, yes,", "I think so, really."]
+    # No clause end within the length: cut at a word, never inside one nor after "the", "of"...
+    assert speech_pieces("The meeting starts at ten.", 12) == ["The meeting", "starts at ten."]
+    assert speech_pieces("Let me check the weather.", 14) == ["Let me check", "the weather."]
+    assert speech_pieces("The capital of France is Paris.", 14) == ["The capital", "of France is Paris."]
+    assert speech_pieces("Extraordinarily good.", 12) == ["Extraordinarily good."]
     long = " ".join(["word"] * 200) + "."
     assert all(len(piece) <= 300 for piece in speech_pieces(long, 100))
     text = "Dr. Smith paid $9.99 at 7 p.m. today. J. K. Rowling wrote it!\n¿Qué tal? Bien."

@@ -6,6 +6,13 @@ from typing import Protocol
 
 from voxloop.backends.llm.base import ChatMessage
 
+# A small model answers "Always answer in id." with "id id id"; it knows the languages by name.
+LANGUAGE_NAMES = {
+    "es": "Spanish", "fr": "French", "pt": "Portuguese", "ko": "Korean", "it": "Italian",
+    "de": "German", "ca": "Catalan", "eu": "Basque", "id": "Indonesian", "nl": "Dutch",
+    "pl": "Polish", "ru": "Russian", "tr": "Turkish", "am": "Amharic", "om": "Oromo",
+    "ti": "Tigrinya", "so": "Somali",
+}  # fmt: skip
 SPOKEN_STYLE = (
     "Your words are spoken aloud by a voice: answer in one to three short, plain sentences, "
     "without lists, markdown or emoji."
@@ -79,7 +86,8 @@ class History:
         prompt = self.prompt.strip()
         verbatim = prompt.startswith(VERBATIM)
         prompt = prompt.removeprefix(VERBATIM).strip()
-        reply_in = "" if language == "en" else f"Always answer in the language with code '{language}'."
+        name = LANGUAGE_NAMES.get(language, f"the language with code '{language}'")
+        reply_in = "" if language == "en" else f"Always answer in {name}."
         style = SPOKEN_STYLE if self.spoken_style and not verbatim else ""
         suffix = " ".join(part for part in (style, reply_in) if part)
         return ChatMessage("system", f"{prompt}\n\n{suffix}" if suffix else prompt)

@@ -243,7 +243,9 @@ class Speaker:
             audio = engine.speak(piece, speed / ratio)
             if ratio != 1.0:
                 audio = resample(audio, round(engine.sample_rate * ratio), engine.sample_rate)
-            audio = level(trim_silence(audio, engine.sample_rate), engine.sample_rate)
+            # A piece cut mid-clause runs on into the next one; one that ends a clause pauses.
+            tail = KEEP_TAIL_S if piece[-1] in PAUSING else JOIN_TAIL_S
+            audio = level(trim_silence(audio, engine.sample_rate, tail), engine.sample_rate)
             if audio.size:
                 yield SpeechChunk(audio, engine.sample_rate, piece)
 
@@ -301,16 +303,37 @@ def _fit(sentence: str, limit: int) -> list[str]:
     return pieces
 
 
+# Words a first piece should not end on: cutting "Let me check the | weather" strands an article,
+# preposition or conjunction from what it introduces, and the break is heard (English: the only
+# language of the voice that cuts at words).
+_LEANING_WORDS = frozenset(
+    "a an the to of in on at by for from with about into over and or but nor so if as than that "
+    "my your his her its our their this these those is are was were be am i you we they he she it".split()
+)
+
+
+def _word_cut(sentence: str, limit: int) -> int | None:
+    """Where to end a first piece of at most ``limit`` characters at a word boundary (never mid-word,
+    never after a leaning word, at least one word left after it); None if there is no such place."""
+    words = [match.end() for match in re.finditer(r"\S+", sentence)]
+    for end in reversed(words[:-1]):
+        word = sentence[:end].rsplit(maxsplit=1)[-1].strip("\"'“”‘’()").lower()
+        if end <= limit and word not in _LEANING_WORDS:
+            return end
+    return None
+
+
 def speech_pieces(text: str, first_chunk_chars: int, limit: int = MAX_PIECE_CHARS) -> list[str]:
     """The pieces to synthesise one by one: sentences, with a first one longer than
-    ``first_chunk_chars`` cut at its last clause end within that length (else its first one)."""
+    ``first_chunk_chars`` cut at its last clause end within that length, else at a word boundary
+    within it, else at its first clause end."""
     pieces = [piece for sentence in split_sentences(text) for piece in _fit(sentence, limit)]
     first = pieces[0] if pieces else ""
     if len(first) > first_chunk_chars:
         cuts = [match.start() for match in _CLAUSE_END.finditer(first)]
         within = [cut for cut in cuts if cut <= first_chunk_chars]
-        if cuts:
-            cut = within[-1] if within else cuts[0]
+        cut = within[-1] if within else _word_cut(first, first_chunk_chars) or (cuts[0] if cuts else None)
+        if cut:
             pieces[:1] = [first[:cut], first[cut:].strip()]
     return pieces
 
@@ -321,6 +344,8 @@ FRAME_S = 0.01
 SILENCE_DB = -50.0  # below the loudest 10 ms frame: silence (the engines pad with near-digital zero)
 SPEECH_DB = -30.0  # within this of the loudest frame: speech, for measuring its level
 KEEP_LEAD_S, KEEP_TAIL_S = 0.03, 0.2  # silence kept around each piece: a natural pause between pieces
+JOIN_TAIL_S = 0.1  # after a piece cut between two words of one clause: a phrase-boundary pause
+PAUSING = frozenset(".,;:!?…—–。！？，、\"'”’»)]")
 FADE_S = 0.005
 TARGET_RMS = 0.1  # -20 dBFS over the speech frames: one level for every engine
 PEAK_LIMIT = 0.97
@@ -336,7 +361,7 @@ def _frame_rms(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.sqrt(np.mean(np.square(audio[: count * size].reshape(count, size)), axis=1))
 
 
-def trim_silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def trim_silence(audio: np.ndarray, sample_rate: int, keep_tail: float = KEEP_TAIL_S) -> np.ndarray:
     """Cut the engines' padding (Hibari adds ~0.3 s each side) down to a short lead and tail."""
     rms = _frame_rms(audio, sample_rate)
     if rms.size == 0 or rms.max() < 1e-5:
@@ -344,7 +369,7 @@ def trim_silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     active = np.flatnonzero(rms >= rms.max() * 10 ** (SILENCE_DB / 20))
     size = _frame_size(sample_rate)
     start = max(0, active[0] * size - round(KEEP_LEAD_S * sample_rate))
-    end = min(len(audio), (active[-1] + 1) * size + round(KEEP_TAIL_S * sample_rate))
+    end = min(len(audio), (active[-1] + 1) * size + round(keep_tail * sample_rate))
     out = audio[start:end].astype(np.float32)
     fade = min(len(out) // 2, round(FADE_S * sample_rate))
     ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
