@@ -111,6 +111,21 @@ async def test_a_spoken_turn_gets_its_events_in_order(harness: Harness) -> None:
     assert replies == {1}  # every reply event carries its id
 
 
+async def test_the_next_turn_is_asked_with_the_whole_conversation_before_it(harness: Harness) -> None:
+    await harness.mic.say("what is the capital of france")
+    await harness.mic.pause(0.6)
+    await harness.event(events.ResponseDone, lambda e: e.generation == 1)
+    await harness.mic.say("which country did i ask about")
+    await harness.mic.pause(0.6)
+    await harness.event(events.ResponseDone, lambda e: e.generation == 2)
+    asked = [(m.role, m.content) for m in harness.backends.llm.requests[-1] if m.role != "system"]
+    assert asked == [
+        ("user", "what is the capital of france"),
+        ("assistant", "You said: what is the capital of france."),
+        ("user", "which country did i ask about"),
+    ]
+
+
 async def test_speculation_is_kept_when_the_user_is_done(harness: Harness) -> None:
     llm = harness.backends.llm
     llm.gate = asyncio.Event()

@@ -78,9 +78,15 @@ def test_spoken_question_gets_a_spoken_answer_and_history(server: RunningServer,
     metrics = agent.wait_for(lambda m: m.get("type") == "metrics", since=ended)["data"]
     assert {"stt_final", "llm_first_token", "tts_first_audio", "first_byte_sent"} <= set(metrics)
 
-    ended, reply = ask(agent, "Which country did I ask about?")
-    heard = agent.events("transcript", since=ended - 5)[0]["data"]
-    assert mentions(reply["data"], "paris", "france"), (heard, reply)
+    # The second turn follows the first in the stored conversation. Whether Qwen 0.5B then recalls
+    # the country varies ("I asked him out for an interview." in a fresh-clone run); that the model
+    # is asked with the whole conversation is tested on scripted backends (test_engine_turns).
+    ask(agent, "Which country did I ask about?")
+    agent.ws.send(json.dumps({"type": "session_id"}))
+    session_id = agent.wait_for(lambda m: m.get("type") == "session_id")["data"]
+    turns = history(server, session_id, server.api_key, 4).json()["turns"]
+    assert [turn["role"] for turn in turns] == ["user", "assistant", "user", "assistant"], turns
+    assert mentions(turns[0]["text"], "france") and mentions(turns[1]["text"], "paris"), turns
 
 
 def test_barge_in_stops_audio_and_history_keeps_what_was_heard(server: RunningServer) -> None:
@@ -157,9 +163,10 @@ def test_noise_during_the_reply_does_not_lose_the_answer(server: RunningServer) 
         client.wait_status("listening", since=ended, timeout=60)
         assert "interrupted" not in client.statuses(since=ended)
         assert [m["role"] for m in client.events("transcript", since=speaking)] == ["assistant"]
-        reply = client.wait_transcript("assistant", since=ended)
-        spoken = client.audio_between(ended).size / RATE
-        assert spoken > 0.25 * len(reply["data"].split()), (spoken, reply)  # all of it was played
+        reply = client.wait_transcript("assistant", since=ended)["data"]
+        # All of it was played: the audio says the whole reply (a reply cut halfway scores >= 0.5).
+        spoken = transcribe(server, client.audio_between(ended))
+        assert character_error_rate(reply, spoken) <= 0.35, (reply, spoken)
     finally:
         client.close()
 
