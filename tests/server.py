@@ -7,12 +7,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def eventually(check: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Polls ``check`` until it holds (a positive signal); fails with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 def free_port() -> int:
