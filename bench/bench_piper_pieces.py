@@ -37,6 +37,7 @@ SENTENCES = [
     "Remember to bring your passport to the airport.",
     "Absolutely, I will send the report tonight.",
     "Water boils at one hundred degrees Celsius.",
+    "The quick brown fox jumps over the lazy dog.",
 ]
 WHOLE = 10_000  # a first-piece length no sentence reaches: never cut
 
@@ -58,10 +59,11 @@ def speak(speaker: Speaker, sentence: str, first_chunk_chars: int) -> tuple[np.n
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chars", type=int, help="first-piece budget to try (default: Piper's own)")
     args = parser.parse_args()
     settings = Settings(warmup=False)
     speaker, stt = Speaker(settings), WhisperStt(settings)
-    cut_chars = type(speaker._engine("piper")).first_chunk_chars
+    cut_chars = args.chars or type(speaker._engine("piper")).first_chunk_chars
     speaker.warmup()
     stt.transcribe(np.zeros(16000, np.float32), "en")
     errors: dict[str, list[float]] = {"whole": [], "cut": []}

@@ -124,7 +124,11 @@ def test_tts_panel_streams_speech(page: playwright.Page, tmp_path: Path) -> None
 def test_talking_over_the_reply_stops_it(
     driver: playwright.Playwright, server: RunningServer, tmp_path: Path
 ) -> None:
-    """The microphone asks for a long story, waits while it is told, then talks over it."""
+    """The microphone asks for a long story, waits while it is told, then talks over it.
+
+    The prompt is ``[verbatim]``: with the spoken-style suffix ("one to three short sentences")
+    Qwen 0.5B answered "I'm sorry, but I can't assist with that request." or counted only to five,
+    and the reply ended before the microphone talked over it."""
     story, rate = espeak_wav("Tell me a long story about a dragon and a knight.")
     stop, _ = espeak_wav("Stop, stop. Tell me about the weather instead.")
     audio = np.concatenate(
@@ -142,11 +146,12 @@ def test_talking_over_the_reply_stops_it(
     try:
         for page in open_page(browser, server):
             page.fill(
-                "#prompt", "You are a storyteller. Tell long, detailed stories of at least ten sentences."
+                "#prompt",
+                "[verbatim] You are a storyteller. Tell long, detailed stories of at least ten sentences.",
             )
             page.click("#start")
             expect(page.locator("#transcript .user").first).to_contain_text(
-                "dragon", ignore_case=True, timeout=60_000
+                re.compile("story|dragon", re.IGNORECASE), timeout=60_000
             )
             interrupted = page.locator("#transcript .assistant.interrupted").first
             expect(interrupted).to_be_visible(timeout=60_000)

@@ -164,8 +164,13 @@ def test_speech_pieces() -> None:
     assert speech_pieces(SENTENCE, first_chunk_chars=20) == ["Hello,", "how can I help you today?"]
     assert speech_pieces(SENTENCE, first_chunk_chars=100) == [SENTENCE]
     assert speech_pieces("Well, yes, I think so, really.", 20) == ["Well, yes,", "I think so, really."]
-    # No clause end within the length: cut at a word, never inside one nor after "the", "of"...
-    assert speech_pieces("The meeting starts at ten.", 12) == ["The meeting", "starts at ten."]
+    # No clause end within the length: cut at a phrase boundary, before a function word and never
+    # after one; between two content words ("The quick | brown fox" is heard "the quake") never.
+    assert speech_pieces("The meeting starts at ten.", 20) == ["The meeting starts", "at ten."]
+    assert speech_pieces("The quick brown fox jumps over the lazy dog.", 16) == [
+        "The quick brown fox jumps over the lazy dog."
+    ]
+    assert speech_pieces("The package should arrive.", 16) == ["The package", "should arrive."]
     assert speech_pieces("Let me check the weather.", 14) == ["Let me check", "the weather."]
     assert speech_pieces("The capital of France is Paris.", 14) == ["The capital", "of France is Paris."]
     assert speech_pieces("Extraordinarily good.", 12) == ["Extraordinarily good."]

@@ -28,9 +28,9 @@ class PiperEngine:
     """One Piper voice (a ``.onnx`` model with its ``.onnx.json``), by default US male en_US-joe-medium."""
 
     # Roughly 25 ms plus 3 ms per character on one core: a first sentence past this length is cut
-    # at a clause within it, else after its first few words, so the first audio comes within ~50 ms
+    # at a clause within it, else at a phrase boundary within it, so the first audio comes early
     # (bench/bench_piper_pieces.py measures what the cut costs in intelligibility).
-    first_chunk_chars = 12
+    first_chunk_chars = 16
 
     def __init__(self, threads: int = 1, model: Path | None = None, config: Path | None = None) -> None:
         if model is None or config is None:

@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -303,23 +304,30 @@ def _fit(sentence: str, limit: int) -> list[str]:
     return pieces
 
 
-# Words a first piece should not end on: cutting "Let me check the | weather" strands an article,
-# preposition or conjunction from what it introduces, and the break is heard (English: the only
-# language of the voice that cuts at words).
-_LEANING_WORDS = frozenset(
-    "a an the to of in on at by for from with about into over and or but nor so if as than that "
-    "my your his her its our their this these those is are was were be am i you we they he she it".split()
+# Function words: a phrase starts at one ("Let me check | the weather", "The package | should
+# arrive"), so a first piece may end just before one and never on one. Cutting between two content
+# words instead ("The quick | brown fox") gives the first piece a sentence's final fall and is
+# misheard ("the quake"). English only: the only language of the voice that cuts at words.
+_FUNCTION_WORDS = frozenset(
+    "a an the to of in on at by for from with about into over under after before and or but nor so "
+    "if as than that because while when where my your his her its our their this these those is are "
+    "was were be been am will would shall should can could may might must has have had do does did "
+    "not i you we they he she it me him us them".split()
 )
 
 
+def _bare(word: str) -> str:
+    return word.strip("\"'“”‘’()").lower()
+
+
 def _word_cut(sentence: str, limit: int) -> int | None:
-    """Where to end a first piece of at most ``limit`` characters at a word boundary (never mid-word,
-    never after a leaning word, at least one word left after it); None if there is no such place."""
-    words = [match.end() for match in re.finditer(r"\S+", sentence)]
-    for end in reversed(words[:-1]):
-        word = sentence[:end].rsplit(maxsplit=1)[-1].strip("\"'“”‘’()").lower()
-        if end <= limit and word not in _LEANING_WORDS:
-            return end
+    """Where to end a first piece of at most ``limit`` characters at a phrase boundary: after a
+    content word and before a function word; None if there is no such place."""
+    words = list(re.finditer(r"\S+", sentence))
+    for word, following in reversed(list(pairwise(words))):
+        bare, next_bare = _bare(word.group()), _bare(following.group())
+        if word.end() <= limit and next_bare in _FUNCTION_WORDS and bare not in _FUNCTION_WORDS:
+            return word.end()
     return None
 
 
