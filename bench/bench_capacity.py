@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.soak import cores_used, question_audio, soak
+import httpx
+
+from bench.soak import cores_used, question_audio, soak, thread_cpu
 from tests.server import start_server
 
 P95_BOUND_S = 1.5
@@ -36,7 +40,11 @@ def measure(sessions: int, minutes: float, audio: list[np.ndarray]) -> dict:
         env = {"VOXLOOP_MAX_CONVERSATIONS": "0", "VOXLOOP_ADMISSION_MAX_LAG_S": "0"}
         server = start_server(Path(logs), env=env)
         try:
+            before, cpu_before, started = scrape(server), thread_cpu(server), time.monotonic()
             results = soak(server, audio, sessions, minutes)
+            wall = time.monotonic() - started
+            after, cpu_after = scrape(server), thread_cpu(server)
+            log = server.log()
         finally:
             server.stop()
     latencies = [lat for _, lat in results.turns]
@@ -52,7 +60,63 @@ def measure(sessions: int, minutes: float, audio: list[np.ndarray]) -> dict:
         "rss_mb_max": max((mb for _, mb in results.memory), default=None),
     }
     point["ok"] = bool(latencies) and not results.errors and p95 is not None and p95 <= P95_BOUND_S
+    point["profile"] = profile(log, before, after, cpu_before, cpu_after, wall)
     return point
+
+
+def scrape(server) -> dict[str, float]:
+    """The server's per-kind and per-lane counters (queue wait, run time, busy time) by series name."""
+    text = httpx.get(f"{server.http}/metrics", timeout=10).text
+    wanted = ("queue_wait_seconds", "job_run_seconds")
+    series = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        sums = any(f"{w}_sum{{" in name or f"{w}_count{{" in name for w in wanted)
+        if sums or "lane_busy_seconds_total{" in name:
+            series[name] = float(value)
+    return series
+
+
+def profile(log: str, before: dict, after: dict, cpu_before: dict, cpu_after: dict, wall: float) -> dict:
+    """Where the point's turns spent their time: median ms per stage from the server's per-turn log
+    (from the end of the user's speech), mean queue wait and run time per job kind, each lane's busy
+    fraction (worker-seconds / wall) and CPU (cores) per thread name."""
+    stages: dict[str, list[float]] = {}
+    for match in re.finditer(r"turn \d+ (?:latency|trace) (\{.*\})", log):
+        for stage, ms in json.loads(match.group(1)).items():
+            stages.setdefault(stage, []).append(ms)
+    delta = {name: after[name] - before.get(name, 0.0) for name in after}
+
+    def per_kind(metric: str) -> dict[str, float]:
+        found = {}
+        for name, value in delta.items():
+            if name.startswith(f"voxloop_{metric}_sum{{"):
+                kind = name.split('"')[1]
+                count = delta.get(name.replace("_sum{", "_count{"), 0.0)
+                if count:
+                    found[kind] = round(value / count * 1000, 1)
+        return found
+
+    runs = {}  # worker-seconds per kind over the point
+    for name, value in delta.items():
+        if name.startswith("voxloop_job_run_seconds_sum{"):
+            runs[name.split('"')[1]] = round(value, 2)
+    return {
+        "stage_median_ms": {stage: statistics.median(v) for stage, v in sorted(stages.items())},
+        "queue_wait_mean_ms": per_kind("queue_wait_seconds"),
+        "run_mean_ms": per_kind("job_run_seconds"),
+        "run_seconds_total": runs,
+        "lane_busy_fraction": {
+            name.split('"')[1]: round(value / wall, 3)
+            for name, value in delta.items()
+            if name.startswith("voxloop_lane_busy_seconds_total{")
+        },
+        "thread_cores": {
+            name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / wall, 3)
+            for name in sorted(cpu_after)
+            if cpu_after[name] - cpu_before.get(name, 0.0) > 0.01 * wall
+        },
+    }
 
 
 def plot(points: list[dict], capacity: int, path: Path, minutes: float) -> None:
@@ -102,6 +166,8 @@ def main() -> None:
             f"RSS {point['rss_mb_max']:.0f} MB {'ok' if point['ok'] else 'over'}",
             flush=True,
         )
+        for key, value in point["profile"].items():
+            print(f"    {key}: {json.dumps(value)}", flush=True)
     capacity = 0
     for point in points:  # the curve up to the first point that misses the bound
         if not point["ok"]:

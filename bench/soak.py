@@ -122,6 +122,21 @@ def cpu_seconds(server: RunningServer) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def thread_cpu(server: RunningServer) -> dict[str, float]:
+    """CPU seconds used so far by the server's threads, summed by thread name (the lanes name
+    their threads vx-speech-N, vx-llm-0, vx-turn; a model's own pool inherits its lane's name;
+    the event loop is the main thread, named after the process)."""
+    used: dict[str, float] = {}
+    for task in Path(f"/proc/{server.process.pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        used[comm] = used.get(comm, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
 def sample_memory(server: RunningServer, done: threading.Event, results: Results, every_s: float) -> None:
     while not done.is_set():  # until the last conversation has finished its turn
         with results.lock:

@@ -81,7 +81,8 @@ class Response:
     turn: list[ChatMessage] = field(default_factory=list)  # this turn's messages, user first
     text: str = ""
     held_events: list[events.Event] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # stages sent to the client (TurnMetrics)
+    trace: dict[str, float] = field(default_factory=dict)  # more stages, for the server's log only
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     synthesized_s: float = 0.0  # audio made so far
 
@@ -110,6 +111,10 @@ class Response:
     def mark(self, name: str) -> None:
         self.timings.setdefault(name, time.monotonic() - self.speech_end)
 
+    def note(self, name: str) -> None:
+        """A stage for the server's per-turn log (where a turn's time went), not sent to clients."""
+        self.trace.setdefault(name, time.monotonic() - self.speech_end)
+
     async def send(self, event: events.Event) -> None:
         if self.released.is_set():
             await self.emit(event)
@@ -119,6 +124,7 @@ class Response:
     async def release(self) -> None:
         while self.held_events:  # events sent while flushing join the queue, in order
             await self.emit(self.held_events.pop(0))
+        self.note("released")
         self.released.set()
 
     async def cancel(self) -> None:
@@ -145,6 +151,7 @@ class Response:
             for _ in range(MAX_TOOL_ROUNDS):
                 chunker, calls, text = SpeechChunker(), [], ""
                 messages = setup.history.for_llm(setup.language, self.turn)
+                self.note("llm_asked")
                 stream = setup.backends.llm.stream(
                     messages, tools=tools or None, max_tokens=setup.max_tokens, temperature=setup.temperature
                 )
@@ -157,6 +164,7 @@ class Response:
                             text += item.text
                             await self.send(events.TextDelta(item.text, self.generation))
                             for piece in chunker.push(item.text):
+                                self.note("first_piece")
                                 self._pieces.put_nowait(piece)
                         elif isinstance(item, Usage):
                             await self.send(

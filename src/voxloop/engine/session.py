@@ -437,6 +437,8 @@ class Session:
             TURN_LATENCY.labels(stage).observe(max(seconds, 0.0))
         millis = {stage: round(seconds * 1000) for stage, seconds in response.timings.items()}
         log.info("turn %d latency %s", response.generation, json.dumps(millis))
+        trace = {stage: round(seconds * 1000) for stage, seconds in response.trace.items()}
+        log.info("turn %d trace %s", response.generation, json.dumps(trace))
         await self.emit(events.TurnMetrics(response.generation, dict(response.timings)))
         await self.emit(events.ResponseDone(response.generation, text, interrupted))
         if (reply := self.replies.get(response.generation)) is not None:

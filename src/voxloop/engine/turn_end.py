@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 import numpy as np
 
+from voxloop.backends.scheduler import BUSY, RUN_TIME
 from voxloop.backends.turn import smart_turn
 from voxloop.engine.segmenter import UtteranceSegmenter
 
@@ -42,8 +44,13 @@ def sounds_unfinished(text: str) -> bool:
 
 
 def _complete(audio: np.ndarray) -> float | None:
+    started = time.perf_counter()
     model = smart_turn.shared()  # loaded on first use, on the worker
-    return None if model is None else model.complete(audio)
+    probability = None if model is None else model.complete(audio)
+    ran = time.perf_counter() - started
+    RUN_TIME.labels("smart_turn").observe(ran)
+    BUSY.labels("turn").inc(ran)
+    return probability
 
 
 class EndOfTurn:

@@ -50,6 +50,11 @@ class PendingTurn:
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     reply: ReplyHandle | None = None  # the reply prepared for it, once there is one
+    committed_at: float = 0.0  # monotonic time the user was found done (for the per-turn log)
+
+    def commit(self) -> None:
+        self.committed_at = time.monotonic()
+        self.committed.set()
 
 
 class TurnTaker:
@@ -122,7 +127,7 @@ class TurnTaker:
         await self.session.emit(events.SpeechStopped(event.at_sample / VAD_RATE))
         pending = self.pending
         if pending is not None and not pending.committed.is_set() and pending.audio_end >= event.at_sample:
-            pending.committed.set()  # speculation covered everything the user said
+            pending.commit()  # speculation covered everything the user said
             return
         audio = event.audio
         if pending is not None and pending.committed.is_set():
@@ -133,7 +138,7 @@ class TurnTaker:
     def _start_turn(self, audio: np.ndarray, committed: bool) -> None:
         pending = PendingTurn(audio, self.segmenter.position, self.last_voiced_at)
         if committed:
-            pending.committed.set()
+            pending.commit()
         pending.task = self.session._spawn(self._turn(pending))
         self.pending = pending
 
@@ -144,6 +149,7 @@ class TurnTaker:
 
     async def _turn(self, pending: PendingTurn) -> None:
         response: Response | None = None
+        speculative = not pending.committed.is_set()
         try:
             transcript = await self._transcribe_turn(pending)
             text = transcript.text
@@ -183,7 +189,9 @@ class TurnTaker:
             response = reply.response
             response.user_language = transcript.language
             response.timings["stt_final"] = stt_done
+            response.trace["speculative"] = float(speculative)  # logged x1000: 1000 = speculated
             await pending.committed.wait()
+            response.trace["committed"] = pending.committed_at - pending.speech_end
             if self.pending is pending:
                 self.pending = None  # released replies belong to the session, not the turn
             await self.session._release(response)

@@ -16,12 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from voxloop.backends.scheduler import name_thread
+
 RATE = 16000
 SECONDS = 8
 N_FFT, HOP, MELS = 400, 160, 80
 MODEL_IN_WHEEL = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 
-WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxloop-turn")
+WORKER = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="vx-turn", initializer=name_thread, initargs=("vx-turn",)
+)
 
 
 def model_path() -> Path | None:
