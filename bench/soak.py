@@ -124,12 +124,13 @@ def cpu_seconds(server: RunningServer) -> float:
 
 def thread_cpu(server: RunningServer) -> dict[str, float]:
     """CPU seconds used so far by the server's threads, summed by thread name (the lanes name
-    their threads vx-speech-N, vx-llm-0, vx-turn; a model's own pool inherits its lane's name;
-    the event loop is the main thread, named after the process)."""
+    their threads vx-speech-N, vx-llm-0, vx-turn, the STT's pools vx-stt; the main thread is the
+    event loop; ``python``, what is not named)."""
     used: dict[str, float] = {}
     for task in Path(f"/proc/{server.process.pid}/task").iterdir():
         try:
-            comm = (task / "comm").read_text().strip()
+            main = task.name == str(server.process.pid)
+            comm = "event-loop" if main else (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the thread ended meanwhile

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -129,3 +131,46 @@ async def test_closing_a_stream_closes_its_iterator_on_the_lane() -> None:
     assert [await anext(stream) for _ in range(3)] == [1, 2, 3]
     await stream.aclose()
     await asyncio.wait_for(closed.wait(), 10)
+
+
+async def test_items_reach_the_caller_as_they_are_made_not_when_their_chunk_ends() -> None:
+    """A reply's first sentence may end on the second token of an 8-token chunk: it must not wait
+    for the other six before it is spoken."""
+    lane = Lane("threads", workers=1)
+    go_on = threading.Event()
+
+    def tokens() -> Iterator[str]:
+        yield "first"  # the prefill job's one item
+        yield "second"  # the first of a chunk of four
+        go_on.wait(30)  # the chunk is still running
+        yield "third"
+
+    stream = scheduler.iterate(lane, JobKind.LLM_DECODE, tokens, chunk=4, first_kind=JobKind.LLM_PREFILL)
+    assert await anext(stream) == "first"
+    try:
+        assert await asyncio.wait_for(anext(stream), 10) == "second"
+    finally:
+        go_on.set()
+    assert [item async for item in stream] == ["third"]
+
+
+async def test_a_caller_that_stops_reading_holds_its_producer_within_two_chunks() -> None:
+    lane = Lane("threads", workers=1)
+    made = 0
+
+    def counter() -> Iterator[int]:
+        nonlocal made
+        while True:
+            made += 1
+            yield made
+
+    stream = scheduler.iterate(lane, JobKind.LLM_DECODE, counter, chunk=2)
+    assert await anext(stream) == 1
+    deadline, idle_polls = time.monotonic() + 10, 0
+    while idle_polls < 2:  # idle on two polls: a chunk's end handled between them queued nothing
+        idle_polls = idle_polls + 1 if made >= 3 and lane.waiting() == 0 and lane.busy() == 0 else 0
+        assert time.monotonic() < deadline, f"the lane never went idle ({made} made)"
+        await asyncio.sleep(0.01)
+    assert made <= 1 + 2 * 2
+    assert [await anext(stream) for _ in range(10)] == list(range(2, 12))  # and it goes on when read
+    await stream.aclose()

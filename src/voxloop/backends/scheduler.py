@@ -63,12 +63,27 @@ RUN_TIME = Histogram(
 BUSY = Counter("voxloop_lane_busy_seconds", "Worker-seconds spent running jobs, by lane", ["lane"])
 
 
-def name_thread(name: str) -> None:
+def name_thread(name: str) -> str:
     """Gives the calling thread ``name`` as the OS sees it (``top -H``, /proc/*/task/*/comm), which
-    the threads it starts (a model's thread pool) inherit: CPU per lane can be read from outside."""
+    the threads it starts (a model's thread pool) inherit: CPU per lane can be read from outside.
+    Returns the name it had."""
     with contextlib.suppress(Exception):  # not Linux, or no libc: names are only a convenience
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        old = ctypes.create_string_buffer(16)
+        libc.prctl(16, old, 0, 0, 0)  # PR_GET_NAME
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+        return old.value.decode(errors="replace")
+    return ""
+
+
+@contextlib.contextmanager
+def threads_named(name: str) -> Iterator[None]:
+    """Threads started inside (a model's pools, started as it loads) carry ``name``."""
+    old = name_thread(name)
+    try:
+        yield
+    finally:
+        name_thread(old)
 
 
 class Shed(Exception):
@@ -210,6 +225,11 @@ async def run(lane: Lane, kind: JobKind, fn: Callable[[], T], deadline: float | 
         future.cancel()  # no effect once it runs
 
 
+@dataclass
+class _ChunkEnd:
+    job: Future[bool]  # its result: whether the iterator is exhausted
+
+
 async def iterate(
     lane: Lane,
     kind: JobKind,
@@ -222,37 +242,64 @@ async def iterate(
     deadline ``deadline()`` gives when it is queued (default: now). The first job (``first_kind``,
     e.g. a prompt's prefill) makes one item, so the first item is not held back by the chunk.
 
-    One chunk is computed ahead while the caller handles the previous one. Closing the async
-    iterator drops the next chunk if it has not started and closes the blocking iterator.
+    Items reach the caller as they are made, not when their job ends: a chunk is how long the
+    stream may hold the lane, not how long its items wait (a first sentence ending on a chunk's
+    second token is spoken without waiting for the other six). The next chunk is queued as soon as
+    one ends, computed ahead while the caller handles the last. Closing the async iterator drops
+    the next chunk if it has not started and closes the blocking iterator.
     """
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[T | _ChunkEnd] = asyncio.Queue()  # about two chunks at most, see ended()
     iterator: Iterator[T] | None = None
     lock = threading.Lock()  # jobs of one stream never overlap, even on a many-worker lane
     closing = threading.Event()  # the caller stopped: a running chunk ends after its current item
 
-    def step(size: int) -> tuple[list[T], bool]:
+    def deliver(item: T | _ChunkEnd) -> None:  # from a worker; in order, as the loop runs callbacks
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads the stream
+            loop.call_soon_threadsafe(arrive, item)
+
+    def arrive(item: T | _ChunkEnd) -> None:
+        if isinstance(item, _ChunkEnd):
+            ended(item.job)
+        arrived.put_nowait(item)
+
+    def step(size: int) -> bool:
         nonlocal iterator
         with lock:
             if iterator is None:
                 iterator = make_iterator()
-            items: list[T] = []
+            made = 0
             for item in iterator:
-                items.append(item)
-                if len(items) == size or closing.is_set():
-                    return items, False
-            return items, True
+                deliver(item)
+                made += 1
+                if made == size or closing.is_set():
+                    return False
+            return True
 
-    def queue(job_kind: JobKind = kind, size: int = chunk) -> Future[tuple[list[T], bool]]:
-        return lane.submit(job_kind, lambda: step(size), deadline() if deadline else None)
+    def queue(job_kind: JobKind = kind, size: int = chunk) -> Future[bool]:
+        job = lane.submit(job_kind, lambda: step(size), deadline() if deadline else None)
+        job.add_done_callback(lambda done: deliver(_ChunkEnd(done)))  # after the job's items
+        return job
 
+    def ended(job: Future[bool]) -> None:
+        """A chunk ended (on the loop): the next one is queued at once, before its items are read,
+        unless the caller is more than a chunk behind (then it queues it as it catches up)."""
+        nonlocal pending, behind
+        if not (closing.is_set() or job.cancelled() or job.exception() is not None or job.result()):
+            behind = arrived.qsize() > chunk
+            if not behind:
+                pending = queue()
+
+    behind = False
     pending = queue(first_kind or kind, 1)
     try:
         while True:
-            items, finished = await asyncio.wrap_future(pending)
-            if not finished:
-                pending = queue()
-            for item in items:
+            item = await arrived.get()
+            if behind and arrived.qsize() <= chunk:
+                behind, pending = False, queue()
+            if not isinstance(item, _ChunkEnd):
                 yield item
-            if finished:
+            elif item.job.result():  # raises what the job raised (or Shed, or cancelled)
                 return
     finally:
         closing.set()

@@ -175,6 +175,7 @@ class Response:
                         else:
                             calls.append(item)
                 for piece in chunker.flush():
+                    self.note("first_piece")
                     self._pieces.put_nowait(piece)
                 self.text += text
                 self.turn.append(ChatMessage("assistant", text, tool_calls=calls))

@@ -18,6 +18,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from voxloop import models
+from voxloop.backends.scheduler import threads_named
 from voxloop.backends.stt.base import Segment, Transcript
 from voxloop.config import Settings
 
@@ -50,13 +51,14 @@ class _LazyModel:
                     )
                 key = (directory, self._threads)
                 if key not in _loaded:
-                    _loaded[key] = WhisperModel(
-                        str(directory),
-                        device="cpu",
-                        compute_type="int8",
-                        cpu_threads=self._threads,
-                        local_files_only=True,
-                    )
+                    with threads_named("vx-stt"):  # its thread pools: CPU per model in /proc
+                        _loaded[key] = WhisperModel(
+                            str(directory),
+                            device="cpu",
+                            compute_type="int8",
+                            cpu_threads=self._threads,
+                            local_files_only=True,
+                        )
                 self._model = _loaded[key]
         return self._model
 
