@@ -26,7 +26,6 @@ from tests.infra import Cluster, run_cli
 from tests.server import RunningServer, eventually, free_port
 from tests.soca_client import SocaClient
 from tests.speech import espeak_16k
-from tests.test_haproxy import conversations
 from tests.test_keys import prompt_answered
 from voxloop.cli import change_keys
 from voxloop.config import Settings
@@ -187,7 +186,7 @@ def test_soca_resumes_through_haproxy_after_its_node_is_killed_and_history_reads
         client = SocaClient(f"{balancer.ws}/v1/voice-ws", start)
         try:
             assert client.ready["type"] == "ready" and client.ready["resumed"] is False, client.ready
-            landed = next(name for name, node in names.items() if conversations(node) == 1)
+            landed = next(name for name, node in names.items() if node.conversations() == 1)
             first, second = names[landed], next(node for name, node in names.items() if name != landed)
             ended = client.say(espeak_16k("Please remember this: my name is Alice."))
             client.final_answer(since=ended - 10, timeout=180)
@@ -215,7 +214,7 @@ def test_soca_resumes_through_haproxy_after_its_node_is_killed_and_history_reads
         again = SocaClient(f"{balancer.ws}/chat/agent/voice-ws", start)
         try:
             assert again.ready["resumed"] is True and again.ready["seq"] == last_seq, again.ready
-            assert conversations(second) == 1
+            assert second.conversations() == 1
             ended = again.say(espeak_16k("What is my name?"))
             answer = again.final_answer(since=ended - 10, timeout=180)
             assert "alice" in answer["text"].lower(), answer
