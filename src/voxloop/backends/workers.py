@@ -1,10 +1,12 @@
 """Where blocking inference runs, so the event loop never waits on a model.
 
-Two lanes on a 2-core machine: ``speech`` (STT, TTS: short, urgent jobs that decide when the user
-hears something) and ``llm`` (token streams, one chunk at a time). Keeping the LLM on its own
-single worker means a long generation can never occupy every thread that speech needs. Each lane
-serves the job due first (see ``scheduler``); a job's deadline comes from its conversation, set
-by the reply in :data:`DUE` for the LLM and TTS calls it makes.
+Three lanes on a 2-core machine: ``speech`` (STT), ``voice`` (TTS) and ``llm`` (token streams,
+one chunk at a time). Keeping the LLM on its own single worker means a long generation can never
+occupy every thread that speech needs. TTS has its own worker because its jobs are short and a
+user waits for each first piece: on a shared lane a 20 ms synthesis waited behind two running
+transcriptions of ~2 s each at six conversations (queue wait 0.11-0.15 s mean). Each lane serves
+the job due first (see ``scheduler``); a job's deadline comes from its conversation, set by the
+reply in :data:`DUE` for the LLM and TTS calls it makes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from voxloop.backends.scheduler import Deadline, JobKind, Lane
 T = TypeVar("T")
 
 SPEECH = Lane("speech", workers=2)
+VOICE = Lane("voice", workers=1)
 LLM = Lane("llm", workers=1)
-LANES = (SPEECH, LLM)
+LANES = (SPEECH, VOICE, LLM)
 
 # When the audio of the reply being made is due (monotonic time); unset: due now.
 DUE: ContextVar[Deadline | None] = ContextVar("voxloop_due", default=None)

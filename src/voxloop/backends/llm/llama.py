@@ -226,7 +226,7 @@ class LlamaLlm:
         # The prompt on both cores only while they are free (no speech job, a machine not loaded
         # by others): two threads collapse (3-10x slower here) when one waits for a busy core.
         settings = self._settings
-        idle = workers.SPEECH.busy() == 0 and workers.SPEECH.waiting() == 0
+        idle = all(lane.busy() == 0 and lane.waiting() == 0 for lane in (workers.SPEECH, workers.VOICE))
         free = idle and os.getloadavg()[0] < (os.cpu_count() or 1)
         batch_threads = settings.llm_batch_threads if free else settings.llm_threads
         llama_cpp.llama_set_n_threads(model._ctx.ctx, settings.llm_threads, batch_threads)

@@ -36,7 +36,7 @@ async def speak(
     sample_rate: int,
     reference_rate: int | None = None,
 ) -> AsyncIterator[RenderedSpeech]:
-    """Runs synthesis on the speech workers; closing the iterator stops it after the current sentence."""
+    """Runs synthesis on the voice worker; closing the iterator stops it after the current sentence."""
 
     def render() -> Iterator[RenderedSpeech]:
         for chunk in speaker.synthesize(text, voice, language, speed):
@@ -46,7 +46,7 @@ async def speak(
             )
             yield RenderedSpeech(float_to_pcm16(audio), sample_rate, chunk.text, audio, reference)
 
-    async for rendered in workers.iterate_in(workers.SPEECH, render, JobKind.TTS):
+    async for rendered in workers.iterate_in(workers.VOICE, render, JobKind.TTS):
         yield rendered
 
 
