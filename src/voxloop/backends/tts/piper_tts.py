@@ -35,10 +35,11 @@ _CLAUSE_END = re.compile(r"(?<=[,;:.?!…])\s+")
 # Streaming: the decoder sees this many latent frames (11.6 ms each) on each side of the span it
 # decodes, and the flow this many more prior frames on each side of those, so the spans join as the
 # one-shot audio (measured: decoder 8 -> 55 dB SNR, 10 -> 115 dB; flow 16 -> 45 dB, 24 -> 90 dB;
-# bench/bench_piper_pieces.py). The first span is short for an early start, later ones double.
+# bench/bench_piper_pieces.py). The first span (93 ms of audio) is short for an early start, and
+# later ones double: each is made well before the audio before it has played.
 DECODER_CONTEXT = 10
 FLOW_CONTEXT = 24
-FIRST_FRAMES = 16
+FIRST_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,10 @@ class Decoded(NamedTuple):
 class PiperEngine:
     """One Piper voice (a ``.onnx`` model with its ``.onnx.json``), by default US male en_US-joe-medium."""
 
-    # Text to latent frames costs little, so a first sentence is cut (at a clause within it, else at
-    # a phrase boundary) only past this length; its audio streams span by span either way.
+    # A first piece streams span by span, but its text part runs over all of it (~9 ms plus ~0.4 ms
+    # per character), so a longer first sentence is still cut, at a clause within it, else at a
+    # phrase boundary: over the socket (bench_tts, loaded machine) M1's first byte p50 was 56 ms
+    # with 16 characters, 61 ms with 40; bench_piper_pieces: uncut 65 ms.
     first_chunk_chars = 16
     streamed = True  # the Speaker streams a first piece's spans (bench_piper_pieces compares both)
     # The level a streamed piece gets: voices.level gives joe's whole sentences x1.1-x2.1 (median
