@@ -5,7 +5,7 @@ punctuation kept as a phoneme (it shapes the intonation), then Unicode-decompose
 ids as ``^ _ p1 _ p2 _ ... _ $`` with the voice's ``phoneme_id_map``.
 
 The model runs in three parts (``piper_split``): text to prior frames, then the flow and the
-decoder over spans of frames, so ``stream`` yields a sentence's first ~0.2 s of audio before the
+decoder over spans of frames, so ``stream`` yields a sentence's first ~0.1 s of audio before the
 rest is made.
 """
 
@@ -65,7 +65,7 @@ class PiperEngine:
 
     # A first piece streams span by span, but its text part runs over all of it (~9 ms plus ~0.4 ms
     # per character), so a longer first sentence is still cut, at a clause within it, else at a
-    # phrase boundary: over the socket (bench_tts, loaded machine) M1's first byte p50 was 56 ms
+    # phrase boundary: over the socket (bench_tts, loaded machine) M1's first byte p50 was 50-56 ms
     # with 16 characters, 61 ms with 40; bench_piper_pieces: uncut 65 ms.
     first_chunk_chars = 16
     streamed = True  # the Speaker streams a first piece's spans (bench_piper_pieces compares both)
