@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.stats import summary
 from tests import infra
 from voxloop.config import Settings
-from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
 from voxloop.service.auth import KeyCheck
 from voxloop.service.cluster import build_stores
 from voxloop.service.history_store import Turn
 from voxloop.service.keys import KeyLimits
 from voxloop.service.limits import Limiter
+from voxloop.service.resume import ResumeStore, Saved, owner_of
 
 
 async def conversations(settings: Settings, count: int, turns: int) -> tuple[list[float], list[float]]:

@@ -54,6 +54,10 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def conversations(self) -> int:
+        """Conversations open on this server, as its readiness endpoint counts them."""
+        return httpx.get(f"{self.http}/readyz").json()["conversations"]
+
     def wait_healthy(self, timeout_s: float = 300) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

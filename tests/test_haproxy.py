@@ -78,13 +78,9 @@ def ask(ws: ClientConnection, question: str) -> tuple[str, int]:
     return transcript, chunks
 
 
-def conversations(node: RunningServer) -> int:
-    return httpx.get(f"{node.http}/readyz").json()["conversations"]
-
-
 def test_a_conversation_goes_through_haproxy(balancer: Balancer, nodes: list[RunningServer]) -> None:
     with realtime(balancer.ws) as ws:
-        assert sorted(conversations(node) for node in nodes) == [0, 1]
+        assert sorted(node.conversations() for node in nodes) == [0, 1]
         transcript, chunks = ask(ws, "What is the capital of France? Answer in one short sentence.")
     assert mentions(transcript, "paris") and chunks > 0, transcript
 
@@ -98,7 +94,7 @@ def test_saturated_node_gets_no_new_session(balancer: Balancer, nodes: list[Runn
         # Without the check, leastconn would send one of these to node1 (0 connections through HAProxy).
         for _ in range(2):
             sessions.enter_context(realtime(balancer.ws))
-        assert (conversations(small), conversations(other)) == (2, 2)
+        assert (small.conversations(), other.conversations()) == (2, 2)
     balancer.wait_state("node1", "UP")
 
 
@@ -113,7 +109,7 @@ def test_draining_node_gets_no_new_session_while_its_open_one_finishes(
         assert ready.status_code == 503 and ready.json()["draining"] is True, ready.text
         for _ in range(2):
             through.enter_context(realtime(balancer.ws))
-        assert conversations(other) == 2 and conversations(leaving) == 1
+        assert other.conversations() == 2 and leaving.conversations() == 1
         transcript, chunks = ask(open_session, "Say hello in one short sentence.")  # it goes on
         assert transcript and chunks > 0
         assert leaving.process.poll() is None, "the node left before its open session ended"

@@ -26,12 +26,11 @@ from tests.infra import Cluster, run_cli
 from tests.server import RunningServer, eventually, free_port
 from tests.soca_client import SocaClient
 from tests.speech import espeak_16k
-from tests.test_haproxy import conversations
 from tests.test_keys import prompt_answered
 from voxloop.cli import change_keys
 from voxloop.config import Settings
-from voxloop.protocols.soca.resume import Saved
 from voxloop.service.cluster import open_for_cli
+from voxloop.service.resume import Saved
 
 if reason := infra.missing():
     pytest.skip(reason, allow_module_level=True)
@@ -162,6 +161,29 @@ def saved_for_resume(cluster: Cluster, session_id: str) -> list[str]:
     return [m.role for m in Saved.from_json(raw).messages if m.role != "system"] if raw else []
 
 
+def test_a_soca_session_id_connecting_on_another_node_takes_the_session_over(cluster: Cluster) -> None:
+    """A client whose network path changed reconnects through another node while its old socket is
+    still open: the old node is told at once, ends that socket ("moved"), and saves the
+    conversation before the new node reads it, so it resumes and nothing is saved over it later."""
+    key = cluster.create_key()
+    start = {"type": "start", "token": key, "session_id": f"sess_{uuid.uuid4().hex[:12]}", "sr": 16000}
+    first_node, second_node = cluster.nodes
+    old = SocaClient(f"{first_node.ws}/v1/voice-ws", start)
+    try:
+        assert old.ready["type"] == "ready" and old.ready["resumed"] is False, old.ready
+        new = SocaClient(f"{second_node.ws}/v1/voice-ws", start)
+        try:
+            assert new.ready["type"] == "ready" and new.ready["resumed"] is True, new.ready
+            moved = old.wait_for(lambda m: m["type"] == "error", timeout=10)
+            assert "newer connection" in moved["message"] and old.wait_closed() == 1000
+            assert (first_node.conversations(), second_node.conversations()) == (0, 1)
+            assert saved_for_resume(cluster, start["session_id"]) == []  # taken by the new node
+        finally:
+            new.close()
+    finally:
+        old.close()
+
+
 def test_soca_resumes_through_haproxy_after_its_node_is_killed_and_history_reads_from_either(
     cluster: Cluster,
 ) -> None:
@@ -187,7 +209,7 @@ def test_soca_resumes_through_haproxy_after_its_node_is_killed_and_history_reads
         client = SocaClient(f"{balancer.ws}/v1/voice-ws", start)
         try:
             assert client.ready["type"] == "ready" and client.ready["resumed"] is False, client.ready
-            landed = next(name for name, node in names.items() if conversations(node) == 1)
+            landed = next(name for name, node in names.items() if node.conversations() == 1)
             first, second = names[landed], next(node for name, node in names.items() if name != landed)
             ended = client.say(espeak_16k("Please remember this: my name is Alice."))
             client.final_answer(since=ended - 10, timeout=180)
@@ -215,7 +237,7 @@ def test_soca_resumes_through_haproxy_after_its_node_is_killed_and_history_reads
         again = SocaClient(f"{balancer.ws}/chat/agent/voice-ws", start)
         try:
             assert again.ready["resumed"] is True and again.ready["seq"] == last_seq, again.ready
-            assert conversations(second) == 1
+            assert second.conversations() == 1
             ended = again.say(espeak_16k("What is my name?"))
             answer = again.final_answer(since=ended - 10, timeout=180)
             assert "alice" in answer["text"].lower(), answer

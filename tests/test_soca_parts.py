@@ -11,9 +11,9 @@ from tests.fakes import FakeBackends
 from voxloop.backends.llm.base import ChatMessage
 from voxloop.config import Settings
 from voxloop.engine.session import Session, SessionConfig
-from voxloop.protocols.soca.resume import ResumeStore, Saved, owner_of
 from voxloop.protocols.soca.start import SOCA_BARGE_IN, barge_rules, parse_start
 from voxloop.protocols.soca.voice import Outbox, Outgoing, SocaVoice
+from voxloop.service.resume import ResumeStore, Saved, owner_of
 
 SETTINGS = Settings(_env_file=None)
 

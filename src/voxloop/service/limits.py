@@ -30,6 +30,7 @@ WATCH_EVERY_S = 1.0
 REPORT_EVERY_S = 1.0
 REVOKED_POLL_S = 2.0  # the CLI revokes by writing the store; the server notices within this
 # (with Redis, at once: the CLI also broadcasts the revocation)
+TAKEOVER_POLL_S = 0.02  # with Redis: how often a new connection looks whether the older has left
 
 
 class LimitExceeded(Exception):
@@ -192,6 +193,7 @@ class SessionBook(Protocol):
     def close(self, key_id: str, session_id: str) -> None: ...
     async def claim(self, session_id: str, key_id: str, holder: str) -> bool: ...
     def unclaim(self, session_id: str, holder: str) -> None: ...
+    async def take_over(self, session_id: str, holder: str, wait_s: float) -> None: ...
     def bucket(self, name: str, rate_per_s: float, capacity: float) -> Bucket: ...
     async def start(self, limiter: Limiter) -> None: ...
     async def stop(self) -> None: ...
@@ -203,6 +205,8 @@ class LocalBook:
     def __init__(self) -> None:
         self.sessions: dict[str, set[str]] = {}  # key id -> its open session ids
         self.live_ids: dict[str, tuple[str, set[str]]] = {}  # session id -> (owning key, holders)
+        self.limiter: Limiter | None = None
+        self.unclaimed = asyncio.Event()  # pulsed when a holder lets go (a takeover waits on it)
 
     async def open(self, key_id: str, session_id: str, limit: int) -> bool:
         open_ids = self.sessions.setdefault(key_id, set())
@@ -230,12 +234,21 @@ class LocalBook:
             self.live_ids[session_id] = (owner, holders - {holder})
         else:
             self.live_ids.pop(session_id, None)
+        self.unclaimed.set()
+
+    async def take_over(self, session_id: str, holder: str, wait_s: float) -> None:
+        if self.limiter is None or not self.limiter.on_taken_over(session_id, holder):
+            return
+        async with asyncio.timeout(wait_s):  # TimeoutError: the older holder did not leave in time
+            while self.live_ids.get(session_id, ("", set()))[1] - {holder}:
+                self.unclaimed.clear()
+                await self.unclaimed.wait()
 
     def bucket(self, name: str, rate_per_s: float, capacity: float) -> Bucket:
         return TokenBucket(rate_per_s, capacity)
 
     async def start(self, limiter: Limiter) -> None:
-        pass
+        self.limiter = limiter
 
     async def stop(self) -> None:
         pass
@@ -258,6 +271,9 @@ class Limiter:
         self.closed = asyncio.Event()  # pulsed when a lease closes (drain waits on it)
         self._watcher: asyncio.Task[None] | None = None
         self.on_revoked: Callable[[str], object] = lambda _key_id: None  # (the key check's cache)
+        # A session id connected again (Soca): ends this node's older holders of it, and returns
+        # which holders it told to leave. Set by the protocol that keeps sessions by id.
+        self.on_taken_over: Callable[[str, str], list[str]] = lambda _session_id, _holder: []
 
     def _usage(self, key: KeyInfo) -> KeyUsage:
         usage = self.usage.get(key.id)
@@ -291,6 +307,14 @@ class Limiter:
             lease.close()
             raise LimitExceeded("server shutting down", status=503)
         return lease
+
+    async def take_over(self, claim: Claim, wait_s: float) -> None:
+        """Tells the other holders of ``claim``'s session id, on any node, to end, and waits (at
+        most ``wait_s``) until those still alive have left: their last words are saved by then."""
+        try:
+            await self.book.take_over(claim.session_id, claim.holder, wait_s)
+        except TimeoutError:
+            log.warning("session %s: its older connection did not end within %s s", claim.session_id, wait_s)
 
     async def claim(self, session_id: str, key_id: str) -> Claim | None:
         """Takes ``session_id`` for ``key_id`` while it is live, or None when another key holds it.

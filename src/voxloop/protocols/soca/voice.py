@@ -50,12 +50,12 @@ from voxloop.protocols.common import (
     run_session,
     stored_by_others,
 )
-from voxloop.protocols.soca.resume import Resumable, ResumeStore, Saved, SaveEachTurn, owner_of
 from voxloop.protocols.soca.start import Start, parse_start, token_of
 from voxloop.service.guard import Connection, hold_connection, origin_allowed, run_leased
 from voxloop.service.keys import KeyInfo
-from voxloop.service.limits import Lease, LimitExceeded
+from voxloop.service.limits import Claim, Lease, LimitExceeded
 from voxloop.service.metrics import ERRORS, SESSIONS
+from voxloop.service.resume import Resumable, ResumeStore, Saved, SaveEachTurn, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +117,37 @@ class SocaSessions:
             store = getattr(state, "resume", None)  # shared by the nodes (Redis), when configured
             store = store or ResumeStore(settings.soca_resume_grace_s, settings.soca_resume_capacity)
             state.soca_sessions = cls(store)
+            state.limits.on_taken_over = state.soca_sessions.taken_over
         return state.soca_sessions
+
+    def taken_over(self, session_id: str, holder: str) -> list[str]:
+        """The same session id connected again, here or on another node: the newest connection
+        wins (the older may be a dead network path). Returns the holder told to end, if any."""
+        voice = self.live.get(session_id)
+        if voice is None or voice.holder == holder:
+            return []
+        voice.taken_over.set()
+        return [voice.holder]
 
 
 class SocaVoice:
     def __init__(
-        self, websocket: WebSocket, session: Session, start: Start, lease: Lease | None = None, seq: int = 0
+        self,
+        websocket: WebSocket,
+        session: Session,
+        start: Start,
+        lease: Lease | None = None,
+        seq: int = 0,
+        holder: str = "",
     ) -> None:
         self.websocket, self.session, self.start, self.lease = websocket, session, start, lease
+        self.holder = holder  # its claim on the session id
         self.owner = owner_of(start.token)
         self.seq = seq  # the newest seq given out
         self.floor = seq  # messages of a lower seq are stale: never sent
         self.barged = False  # a barge-in gave out a seq that the next reply takes
         self.outbox = Outbox()
         self.taken_over = asyncio.Event()  # the same session_id connected again
-        self.finished = asyncio.Event()  # history saved and lease closed: a takeover may go on
 
     # ---- client -> engine ----------------------------------------------------------------
 
@@ -345,10 +361,12 @@ async def serve_soca(websocket: WebSocket, backends: Backends) -> None:
         await refuse(websocket, "session_id is in use by another key")
         return
     with claim:
-        await serve_claimed(websocket, backends, start, key)
+        await serve_claimed(websocket, backends, start, key, claim)
 
 
-async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, key: KeyInfo) -> None:
+async def serve_claimed(
+    websocket: WebSocket, backends: Backends, start: Start, key: KeyInfo, claim: Claim
+) -> None:
     state = websocket.app.state
     sessions = SocaSessions.of(websocket, backends.settings)
     owner = owner_of(start.token)
@@ -357,11 +375,9 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
     ):
         await refuse(websocket, "session_id is in use by another key")
         return
-    previous = sessions.live.get(start.session_id)  # read after the await: the same key's, if any
-    if previous is not None:
-        previous.taken_over.set()  # the newest connection wins: the old one may be a dead network path
-        with contextlib.suppress(TimeoutError):  # its lease is closed by then: it does not count twice
-            await asyncio.wait_for(previous.finished.wait(), TAKEOVER_WAIT_S)
+    # An older connection of this id (here or on another node) ends first: its last turn is saved
+    # and its lease closed by the time this one reads the saved conversation and takes a lease.
+    await state.limits.take_over(claim, TAKEOVER_WAIT_S)
     try:
         lease = await state.limits.open_session(key)
     except LimitExceeded as exc:
@@ -377,7 +393,7 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
         saved = await sessions.store.take(start.session_id, owner)
         if saved is not None:
             session.history.insert(saved.messages)  # stored already: the history listener comes after
-        voice = SocaVoice(websocket, session, start, lease, seq=saved.seq if saved else 0)
+        voice = SocaVoice(websocket, session, start, lease, saved.seq if saved else 0, claim.holder)
         keep_history(session, state, lease, voice.error, session_id=start.session_id)
 
         def snapshot() -> Saved:
@@ -397,7 +413,6 @@ async def serve_claimed(websocket: WebSocket, backends: Backends, start: Start, 
             if sessions.live.get(start.session_id) is voice:
                 del sessions.live[start.session_id]
             lease.close()
-            voice.finished.set()
 
 
 async def converse(voice: SocaVoice, resumed: bool) -> None:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from voxloop.config import Settings
-from voxloop.protocols.soca.resume import Resumable
 from voxloop.service.history_store import ConversationStore
 from voxloop.service.keys import AsyncKeys, KeyLimits, KeyStore, SqliteKeys
 from voxloop.service.limits import LocalBook, SessionBook
+from voxloop.service.resume import Resumable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -1,5 +1,5 @@
 """What nodes share in Redis: each key's open sessions, live session ids, message and audio
-budgets, revocations and Soca's resumable conversations.
+budgets, revocations, takeovers of a session id and Soca's resumable conversations.
 
 Holdings (a session's place among its key's, a holder of a session id) are members of sorted sets
 scored by their expiry, taken by Lua scripts that check and add in one step on Redis' clock. The
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from voxloop.protocols.soca.resume import Saved
-from voxloop.service.limits import StoreUnavailable
+from voxloop.service.limits import TAKEOVER_POLL_S, StoreUnavailable
+from voxloop.service.resume import Saved
 
 if TYPE_CHECKING:
     from voxloop.service.limits import Limiter
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "voxloop:"
 REVOKED = PREFIX + "revoked"  # pub/sub channel: ids of revoked keys
+TAKEOVER = PREFIX + "takeover"  # pub/sub channel: [session id, its new holder]: older holders end
+ANSWER_S = 0.5  # an older holder that has not said "leaving" by then is on a node that is gone
+LEAVING_MS = 10_000
 
 _NOW_MS = (
     "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -99,6 +103,10 @@ def holders_of(session_id: str) -> tuple[str, str]:
     return f"{PREFIX}id:{session_id}", f"{PREFIX}id-owner:{session_id}"
 
 
+def leaving(holder: str) -> str:
+    return f"{PREFIX}leaving:{holder}"
+
+
 class RedisBook:
     """The :class:`~voxloop.service.limits.SessionBook` of a node among many."""
 
@@ -146,6 +154,23 @@ class RedisBook:
     def unclaim(self, session_id: str, holder: str) -> None:
         self._give_back(holders_of(session_id)[0], holder)
 
+    async def take_over(self, session_id: str, holder: str, wait_s: float) -> None:
+        """Every node ends its older holders of ``session_id`` (each says "leaving" first); this
+        waits until those have let go. A holder on a dead node never answers and is not waited for:
+        it can save nothing more, and its claim expires on its own."""
+        holders = holders_of(session_id)[0]
+        try:
+            await self.redis.publish(TAKEOVER, json.dumps([session_id, holder]))
+            started = time.monotonic()
+            async with asyncio.timeout(wait_s):
+                while others := {m.decode() for m in await self.redis.zrange(holders, 0, -1)} - {holder}:
+                    if time.monotonic() - started >= ANSWER_S:
+                        if not await self.redis.exists(*(leaving(other) for other in others)):
+                            return
+                    await asyncio.sleep(TAKEOVER_POLL_S)
+        except (RedisError, OSError) as exc:  # the lease taken next says so to the client
+            log.error("taking over session %s in Redis failed: %s", session_id, exc)
+
     def bucket(self, name: str, rate_per_s: float, capacity: float) -> SharedBucket:
         return SharedBucket(self, f"{PREFIX}budget:{name}", rate_per_s, capacity)
 
@@ -166,7 +191,7 @@ class RedisBook:
 
     async def start(self, limiter: Limiter) -> None:
         self.limiter = limiter
-        self._loops = [asyncio.create_task(self._keep_alive()), asyncio.create_task(self._hear_revocations())]
+        self._loops = [asyncio.create_task(self._keep_alive()), asyncio.create_task(self._hear_broadcasts())]
 
     async def stop(self) -> None:
         for task in self._loops:
@@ -205,21 +230,29 @@ class RedisBook:
             if which(lease.session_id):
                 lease.end(reason, 1011)
 
-    async def _hear_revocations(self) -> None:
+    async def _hear_broadcasts(self) -> None:
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(REVOKED)
+                    await pubsub.subscribe(REVOKED, TAKEOVER)
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message is not None and self.limiter is not None:
-                            key_id = message["data"].decode()
-                            ended = self.limiter.end_key(key_id)
-                            self.limiter.on_revoked(key_id)
-                            log.info("key %s revoked (broadcast): ended %d sessions here", key_id, ended)
+                            self._heard(message["channel"].decode(), message["data"].decode())
             except (RedisError, OSError) as exc:
-                log.error("listening for revocations failed, again in 1 s: %s", exc)
+                log.error("listening to the other nodes failed, again in 1 s: %s", exc)
                 await asyncio.sleep(1)
+
+    def _heard(self, channel: str, data: str) -> None:
+        assert self.limiter is not None
+        if channel == REVOKED:
+            ended = self.limiter.end_key(data)
+            self.limiter.on_revoked(data)
+            log.info("key %s revoked (broadcast): ended %d sessions here", data, ended)
+        elif channel == TAKEOVER:
+            session_id, holder = json.loads(data)
+            for older in self.limiter.on_taken_over(session_id, holder):
+                self._spawn(self.redis.set(leaving(older), "1", px=LEAVING_MS))
 
 
 async def broadcast_revoked(redis: Redis, key_id: str) -> None:
@@ -267,7 +300,7 @@ class SharedBucket:
 
 
 class RedisResume:
-    """Soca's resumable conversations in Redis (see protocols/soca/resume.py), each for ``grace_s``."""
+    """Soca's resumable conversations in Redis (see service/resume.py), each for ``grace_s``."""
 
     def __init__(self, redis: Redis, grace_s: float) -> None:
         self.redis, self.grace_ms = redis, int(grace_s * 1000)
