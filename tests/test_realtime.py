@@ -345,6 +345,7 @@ async def test_beta_client_gets_beta_event_names_and_g711(server: RunningServer)
                 "turn_detection": None,
                 "output_audio_format": "g711_ulaw",
                 "voice": "alloy",
+                "temperature": 0,  # greedy: sampled, the 0.5B model once said "The sky is white."
             }
         )
         await collect(connection, "session.updated", 30)

@@ -6,6 +6,7 @@ import pytest
 
 from voxloop.protocols.realtime.config import RealtimeConfig, apply_update, is_beta_shape, render
 from voxloop.protocols.realtime.items import Item, Span, parse_item
+from voxloop.protocols.realtime.responses import ResponseWriter
 from voxloop.protocols.realtime.wire import RealtimeError, rename
 
 
@@ -93,6 +94,28 @@ def test_heard_text_keeps_whole_pieces_and_the_played_share() -> None:
     assert item.heard_text(1.0) == "one two"
     assert item.heard_text(2.0) == "one two three four"
     assert item.heard_text(3.0) == "one two three four five six"
+
+
+async def test_a_reply_cut_mid_piece_keeps_the_words_of_the_part_played() -> None:
+    """The writer spreads a piece's words over the whole piece, not over what was sent of it: two
+    seconds sent of a four-second piece of eight words holds four of them at 2 s, two at 1 s."""
+    sent: list[dict] = []
+
+    async def send(event: dict) -> None:
+        sent.append(event)
+
+    writer = ResponseWriter(send, {}, beta=lambda: False)
+    state = await writer.create(RealtimeConfig(), context_chars=0)
+    words = "one two three four five six seven eight"
+    rate, frame = 16000, bytes(2 * 1600)  # 0.1 s frames
+    for _ in range(20):  # 2 s of a 4 s piece, then the reply is cut
+        await writer.audio(state, frame, rate, words, piece=0, piece_s=4.0)
+    item = state.message
+    assert item is not None and item.audio_s == pytest.approx(2.0)
+    item.text = "one two three four"  # what the engine kept as heard when it was cut
+    assert item.heard_text(1.0) == "one two"
+    assert item.heard_text(2.0) == "one two three four"
+    assert sent[0]["type"] == "response.created"
 
 
 def test_event_names_per_dialect() -> None:

@@ -73,6 +73,7 @@ class AudioOut:
     generation: int
     text: str = ""  # the text of the piece this audio belongs to
     piece: int = 0  # index of that piece within the reply
+    piece_s: float = 0.0  # the whole piece's duration (its frames come one by one)
 
 
 @dataclass(frozen=True)

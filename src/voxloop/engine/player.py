@@ -66,7 +66,9 @@ class Player:
                 piece = speech.reference[reference_at : reference_at + count]
                 self.echo.add_reference(piece, starts_at - now, contiguous)
                 reference_at += count
-                await self.emit(events.AudioOut(frame, response.generation, speech.text, index))
+                await self.emit(
+                    events.AudioOut(frame, response.generation, speech.text, index, speech.duration)
+                )
         await asyncio.sleep(max(0.0, playout.ends_at - time.monotonic()))
 
     async def _may_play(self, response: Response) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxloop.audio.pcm import float_to_pcm16, resample
+from voxloop.audio.pcm import StreamResampler, float_to_pcm16
 from voxloop.backends import workers
 from voxloop.backends.scheduler import JobKind
 from voxloop.backends.tts.base import Voice
@@ -39,11 +39,19 @@ async def speak(
     """Runs synthesis on the voice worker; closing the iterator stops it after the current sentence."""
 
     def render() -> Iterator[RenderedSpeech]:
+        # Resamplers that last the whole stream: Piper's first sentence comes in spans that
+        # join mid-word, where resampling each on its own would click. What one still holds at the
+        # end (~20 ms) is the last piece's trailing silence, and is left out.
+        resamplers: tuple[StreamResampler, StreamResampler] | None = None
         for chunk in speaker.synthesize(text, voice, language, speed):
-            audio = resample(chunk.audio, chunk.sample_rate, sample_rate)
-            reference = (
-                resample(chunk.audio, chunk.sample_rate, reference_rate) if reference_rate else audio[:0]
-            )
+            if resamplers is None:  # every chunk of one voice has the same rate
+                resamplers = (
+                    StreamResampler(chunk.sample_rate, sample_rate),
+                    StreamResampler(chunk.sample_rate, reference_rate or sample_rate),
+                )
+            to_output, to_reference = resamplers
+            audio = to_output.process(chunk.audio)
+            reference = to_reference.process(chunk.audio) if reference_rate else audio[:0]
             yield RenderedSpeech(float_to_pcm16(audio), sample_rate, chunk.text, audio, reference)
 
     async for rendered in workers.iterate_in(workers.VOICE, render, JobKind.TTS):

@@ -17,7 +17,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from voxloop.audio.pcm import resample
+from voxloop.audio.pcm import StreamResampler, resample
 from voxloop.backends.tts.base import SpeechChunk, SpeechEngine, Voice
 from voxloop.backends.tts.espeak_tts import EspeakEngine
 from voxloop.backends.tts.hibari_tts import HibariEngine
@@ -211,7 +211,7 @@ class Speaker:
                 if name == "hibari":
                     engine = HibariEngine(threads)
                 elif name == "piper":
-                    engine = PiperEngine(threads)
+                    engine = PiperEngine(self._settings.cache_dir, threads)
                 else:
                     engine = EspeakEngine(name)
                 self._engines[name] = engine
@@ -239,7 +239,10 @@ class Speaker:
         text = speakable(text)
         engine = self._engine(entry.engine)
         ratio = 2.0 ** (entry.semitones / 12.0)
-        for piece in speech_pieces(text, engine.first_chunk_chars):
+        for index, piece in enumerate(speech_pieces(text, engine.first_chunk_chars)):
+            if index == 0 and isinstance(engine, PiperEngine) and engine.streamed:
+                yield from _streamed(engine, piece, speed, ratio)
+                continue
             # A pitch variant is rendered slower by `ratio`, then played faster by it.
             audio = engine.speak(piece, speed / ratio)
             if ratio != 1.0:
@@ -259,6 +262,20 @@ class Speaker:
         ):
             for _ in self.synthesize("Hello.", voice, voice.languages[0]):
                 pass
+
+
+def _streamed(engine: PiperEngine, piece: str, speed: float, ratio: float) -> Iterator[SpeechChunk]:
+    """Piper's first piece span by span (``PiperEngine.stream``), so its first audio does not wait
+    for the whole piece. The piece's level is not known at its first span, so Piper's usual gain
+    applies (less on a span that would pass PEAK_LIMIT); its own short lead and tail silences stay."""
+    rate = engine.sample_rate
+    shift = StreamResampler(round(rate * ratio), rate)  # a pitch variant, as in Speaker._stream
+    for index, span in enumerate(engine.stream(piece, speed / ratio)):
+        audio = fade(shift.process(span.audio, last=span.last), rate, head=index == 0, tail=span.last)
+        peak = float(np.abs(audio).max(initial=0.0))
+        audio *= min(engine.stream_gain, PEAK_LIMIT / max(peak, 1e-6))
+        if audio.size:
+            yield SpeechChunk(audio, rate, span.text)
 
 
 # --- text: sentences and pieces -------------------------------------------------------------------
@@ -378,11 +395,18 @@ def trim_silence(audio: np.ndarray, sample_rate: int, keep_tail: float = KEEP_TA
     size = _frame_size(sample_rate)
     start = max(0, active[0] * size - round(KEEP_LEAD_S * sample_rate))
     end = min(len(audio), (active[-1] + 1) * size + round(keep_tail * sample_rate))
-    out = audio[start:end].astype(np.float32)
-    fade = min(len(out) // 2, round(FADE_S * sample_rate))
-    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-    out[:fade] *= ramp
-    out[len(out) - fade :] *= ramp[::-1]
+    return fade(audio[start:end], sample_rate)
+
+
+def fade(audio: np.ndarray, sample_rate: int, head: bool = True, tail: bool = True) -> np.ndarray:
+    """``audio`` with FADE_S ramps in at its head and out at its tail, so a cut never clicks."""
+    out = audio.astype(np.float32)  # a copy
+    size = min(len(out) // 2, round(FADE_S * sample_rate))
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    if head:
+        out[:size] *= ramp
+    if tail:
+        out[len(out) - size :] *= ramp[::-1]
     return out
 
 

@@ -404,9 +404,9 @@ class RealtimeConnection:
             case events.TextDelta(text=text, generation=generation):
                 if (state := await self._state_for(generation)) is not None:
                     await self.writer.text(state, text)
-            case events.AudioOut(pcm=pcm, generation=generation, text=text, piece=piece):
+            case events.AudioOut(pcm=pcm, generation=generation, text=text, piece=piece, piece_s=piece_s):
                 if (state := await self._state_for(generation)) is not None:
-                    await self.writer.audio(state, pcm, self.config.output_rate, text, piece)
+                    await self.writer.audio(state, pcm, self.config.output_rate, text, piece, piece_s)
             case events.ToolCallRequested(
                 call_id=call_id, name=name, arguments=arguments, generation=generation
             ):

@@ -69,16 +69,20 @@ class ResponseWriter:
         kind = "response.output_audio_transcript.delta" if state.audio_out else "response.output_text.delta"
         await self.send({"type": kind, **self._where(state, message), "delta": text})
 
-    async def audio(self, state: ResponseState, pcm: bytes, rate: int, spoken: str, piece: int) -> None:
+    async def audio(
+        self, state: ResponseState, pcm: bytes, rate: int, spoken: str, piece: int, piece_s: float = 0.0
+    ) -> None:
         if not state.audio_out:
             return
         message = await self._message(state)
         seconds = len(pcm) / 2 / rate
         if piece != state.piece or not message.spans:  # frames of one piece carry the same text
             state.piece = piece
-            message.spans.append(Span(message.audio_s, message.audio_s, spoken))
+            # The whole piece's length, not what was sent of it: its words are spread over all of
+            # it, so a reply cut mid-piece keeps only the words of the part played.
+            message.spans.append(Span(message.audio_s, message.audio_s + piece_s, spoken))
         message.audio_s += seconds
-        message.spans[-1].end = message.audio_s
+        message.spans[-1].end = max(message.spans[-1].end, message.audio_s)
         if state.output_format == "g711_ulaw":
             pcm = ulaw_encode(pcm)
         elif state.output_format == "g711_alaw":
