@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(4 << 20, ge=1024, description="Largest WebSocket message.")
     max_session_s: float = Field(4 * 3600, ge=0, description="Longest session (0 = unlimited).")
     max_conversations: int = Field(
-        6, ge=0, description="Open sessions this machine serves at once, over all keys (0 = unlimited)."
+        2,
+        ge=0,
+        description="Open sessions this machine serves at once, over all keys (0 = unlimited); "
+        "2 on the 2-core reference machine (docs/capacity-profile.md).",
     )
     admission_max_lag_s: float = Field(
         3.0, ge=0, description="Refuse new sessions while waiting users' inference is this late (0 = off)."
