@@ -11,9 +11,6 @@ from tests.server import RunningServer, start_server
 # and then answers "London is the capital of France." or writes a tool call as prose, and a test of
 # the server's behaviour fails on the model's luck. A test that wants sampling sets its own.
 os.environ.setdefault("VOXLOOP_LLM_TEMPERATURE", "0")
-# Some tests hold several sessions on the one shared server: the machine's limit (default 2) is
-# tested where a test sets it (test_admission, test_haproxy).
-os.environ.setdefault("VOXLOOP_MAX_CONVERSATIONS", "0")
 
 
 @pytest.fixture(scope="session")

@@ -99,6 +99,9 @@ def launch_server(
         **os.environ,
         "VOXLOOP_API_KEYS": api_key,
         "VOXLOOP_DATA_DIR": str(log_dir),  # its own key store and history
+        # Unlimited: tests hold several sessions on one server and benches measure one at a time;
+        # the machine's limit (default 2) is tested where it is set (test_admission, test_haproxy).
+        "VOXLOOP_MAX_CONVERSATIONS": "0",
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
