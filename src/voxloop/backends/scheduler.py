@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import heapq
 import itertools
 import threading
@@ -63,12 +64,18 @@ RUN_TIME = Histogram(
 BUSY = Counter("voxloop_lane_busy_seconds", "Worker-seconds spent running jobs, by lane", ["lane"])
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Looked up once: ``find_library`` runs ``ldconfig``, and every lane thread names itself."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def name_thread(name: str) -> str:
     """Gives the calling thread ``name`` as the OS sees it (``top -H``, /proc/*/task/*/comm), which
     the threads it starts (a model's thread pool) inherit: CPU per lane can be read from outside.
     Returns the name it had."""
     with contextlib.suppress(Exception):  # not Linux, or no libc: names are only a convenience
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         old = ctypes.create_string_buffer(16)
         libc.prctl(16, old, 0, 0, 0)  # PR_GET_NAME
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME

@@ -42,16 +42,14 @@ async def speak(
         # Resamplers that last the whole stream: Piper's first sentence comes in spans that
         # join mid-word, where resampling each on its own would click. What one still holds at the
         # end (~20 ms) is the last piece's trailing silence, and is left out.
-        resamplers: tuple[StreamResampler, StreamResampler] | None = None
+        to_output: StreamResampler | None = None
+        to_reference: StreamResampler | None = None
         for chunk in speaker.synthesize(text, voice, language, speed):
-            if resamplers is None:  # every chunk of one voice has the same rate
-                resamplers = (
-                    StreamResampler(chunk.sample_rate, sample_rate),
-                    StreamResampler(chunk.sample_rate, reference_rate or sample_rate),
-                )
-            to_output, to_reference = resamplers
+            if to_output is None:  # every chunk of one voice has the same rate
+                to_output = StreamResampler(chunk.sample_rate, sample_rate)
+                to_reference = StreamResampler(chunk.sample_rate, reference_rate) if reference_rate else None
             audio = to_output.process(chunk.audio)
-            reference = to_reference.process(chunk.audio) if reference_rate else audio[:0]
+            reference = to_reference.process(chunk.audio) if to_reference else audio[:0]
             yield RenderedSpeech(float_to_pcm16(audio), sample_rate, chunk.text, audio, reference)
 
     async for rendered in workers.iterate_in(workers.VOICE, render, JobKind.TTS):
