@@ -173,7 +173,8 @@ def xllamacpp_server(counts: list[int], threads: int, tokens: int) -> None:
 
 def cached_prefix_ttft(rounds: int) -> None:
     """Time to first token of a conversation's next turn after another conversation used the
-    model, with each conversation's prompt kept in the prefix cache and without it."""
+    model, with each conversation's prompt kept in its own KV sequence (8 sequences) and with one
+    sequence that the other conversation takes over."""
     import asyncio
 
     from voxloop.backends.llm.base import ChatMessage
@@ -198,8 +199,8 @@ def cached_prefix_ttft(rounds: int) -> None:
             return time.perf_counter() - started
         return time.perf_counter() - started
 
-    async def run(cache_mb: int) -> list[float]:
-        llm = LlamaLlm(Settings(llm_cache_mb=cache_mb))
+    async def run(slots: int) -> list[float]:
+        llm = LlamaLlm(Settings(llm_slots=slots))
         llm.warmup()
         await first_token(llm, talk(0, "Hi"))
         times = []
@@ -208,10 +209,10 @@ def cached_prefix_ttft(rounds: int) -> None:
             times.append(await first_token(llm, talk(0, f"And question {i}?")))
         return times
 
-    for cache_mb in (256, 0):
-        times = asyncio.run(run(cache_mb))
+    for slots in (8, 1):
+        times = asyncio.run(run(slots))
         print(
-            f"follow-up TTFT after another conversation, cache {cache_mb} MB: "
+            f"follow-up TTFT after another conversation, {slots} KV sequences: "
             f"median {np.median(times) * 1000:.0f} ms over {len(times)}",
             flush=True,
         )
@@ -227,7 +228,7 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--runtime", choices=["llama-cpp", "xllamacpp", "both"], default="llama-cpp")
-    parser.add_argument("--rounds", type=int, default=5, help="follow-up turns timed with the prefix cache")
+    parser.add_argument("--rounds", type=int, default=5, help="follow-up turns timed, kept and re-read")
     args = parser.parse_args()
     counts = [1, 2, 4, 6]
     if args.runtime in ("llama-cpp", "both"):
