@@ -93,7 +93,8 @@ def convolutions_as_2d(model: onnx.ModelProto) -> None:
             nodes.append(node)
             continue
         if weight.name not in widened:  # (out, in, width) -> (out, in, 1, width)
-            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight)[:, :, None, :], weight.name))
+            widths = numpy_helper.to_array(weight)
+            weight.CopyFrom(numpy_helper.from_array(widths[:, :, None, :], weight.name))
             widened.add(weight.name)
         for attribute in node.attribute:
             values = list(attribute.ints)
