@@ -36,12 +36,14 @@ _CLAUSE_END = re.compile(r"(?<=[,;:.?!…])\s+")
 # decodes, and the flow this many more prior frames on each side of those, so the spans join as the
 # one-shot audio. The decoder's receptive field is 10 frames (8 give 55 dB SNR, 10 float rounding);
 # the flow's reaches further but fades: joined against one-shot audio (bench_piper_pieces' 16
-# sentences x 3 speeds x 3 draws) SNR median/min 112/98 dB with 20 frames (16: 105/80, 24: 118/97).
-# The first spans (46 ms of audio each) are short for an early start, and later ones double: each
-# is made well before the audio before it has played.
+# sentences x 3 speeds x 3 draws) SNR median/min 113/100 dB with 20 frames (16: 106/82, 24: 115/98).
+# The first span (93 ms of audio) is short for an early start, and later ones double: each is made
+# well before the audio before it has played. (A 46 ms first span made no clear difference over the
+# socket, M1 p50 34.7 against 35.3 ms, and the stream's resampler, soxr, lets out only 38 ms of it
+# at once: less than a busy machine may take to make the next span.)
 DECODER_CONTEXT = 10
 FLOW_CONTEXT = 20
-FIRST_FRAMES = 4
+FIRST_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -178,10 +180,8 @@ class PiperEngine:
             yield from self.spans(latents, text)
 
     def spans(self, latents: Latents, text: str) -> Iterator[Decoded]:
-        """The latents decoded in two spans of FIRST_FRAMES, then in spans that double, each with the
-        words of ``text`` that start in it (the last span takes a remainder shorter than twice its
-        size). Two short ones: of the first span's 46 ms, the stream's resampler (soxr) lets
-        38 ms out at once, less than a doubled second span may take to make on a busy machine."""
+        """The latents decoded FIRST_FRAMES first, then in spans that double, each with the words of
+        ``text`` that start in it (the last span takes a remainder shorter than twice its size)."""
         words = list(zip(text.split(), latents.word_starts, strict=True))
         start, size = 0, FIRST_FRAMES
         while start < latents.count:
@@ -189,4 +189,4 @@ class PiperEngine:
             end = min(end, latents.count)
             spoken = " ".join(word for word, at in words if start <= at < end)
             yield Decoded(self.decode(latents, start, end), spoken, end == latents.count)
-            start, size = end, size * 2 if start else size
+            start, size = end, size * 2
