@@ -34,11 +34,15 @@ _CLAUSE_END = re.compile(r"(?<=[,;:.?!…])\s+")
 
 # Streaming: the decoder sees this many latent frames (11.6 ms each) on each side of the span it
 # decodes, and the flow this many more prior frames on each side of those, so the spans join as the
-# one-shot audio (measured: decoder 8 -> 55 dB SNR, 10 -> 115 dB; flow 16 -> 45 dB, 24 -> 90 dB;
-# bench/bench_piper_pieces.py). The first span (93 ms of audio) is short for an early start, and
-# later ones double: each is made well before the audio before it has played.
+# one-shot audio. The decoder's receptive field is 10 frames (8 give 55 dB SNR, 10 float rounding);
+# the flow's reaches further but fades: joined against one-shot audio (bench_piper_pieces' 16
+# sentences x 3 speeds x 3 draws) SNR median/min 113/100 dB with 20 frames (16: 106/82, 24: 115/98).
+# The first span (93 ms of audio) is short for an early start, and later ones double: each is made
+# well before the audio before it has played. (A 46 ms first span made no clear difference over the
+# socket, M1 p50 34.7 against 35.3 ms, and the stream's resampler, soxr, lets out only 38 ms of it
+# at once: less than a busy machine may take to make the next span.)
 DECODER_CONTEXT = 10
-FLOW_CONTEXT = 24
+FLOW_CONTEXT = 20
 FIRST_FRAMES = 8
 
 
