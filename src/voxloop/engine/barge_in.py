@@ -14,6 +14,9 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from difflib import SequenceMatcher
+from functools import lru_cache
+from itertools import pairwise
 
 from voxloop.backends.stt.base import Transcript
 
@@ -40,6 +43,8 @@ BACKCHANNELS = frozenset(
     | {"alright", "all right", "got it", "true", "exactly", "nice", "wow", "great", "good", "ya", "yah"}
 )
 ECHO_WINDOW_S = 6.0  # how long the bot's words may come back (reply lead + echo delay + STT time)
+PLAY_SLACK_S = 0.5  # a piece's words are timed evenly over it: one may play a little before its time
+MAX_HEARD_WORDS = 16  # a barge-in check transcribes at most ~2 s: this bounds the matching work
 
 
 def meaningful_words(text: str, fillers: frozenset[str]) -> list[str]:
@@ -84,12 +89,33 @@ class BargeInRules:
         )
 
 
+NUMBERS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve".split()))
+# Spellings that sound alike, rewritten in turn ("pattern>sound"): a key for how a word sounds.
+_SOUNDS = [
+    (re.compile(pattern), sound)
+    for pattern, sound in (
+        rule.split(">")
+        for rule in r"x>ks tch>x sch>sk ph>f th>0 sh>x ch>x ck>k wh>w gh> c(?=[eiy])>s [cgq]>k b>p d>t v>f "
+        r"z>s j>x [hwy](?![aeiou])> [aeiou']> (.)\1+>\1".split()
+    )
+]
+ALIKE = 0.6  # similarity (difflib ratio) of both the sound keys and the spellings of words heard alike
+STRONG = 2  # sound-key letters a word needs to count on its own ("stop", not "on" or "a")
+
+
 def _normalise(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    return [NUMBERS.get(int(word), word) if word.isdigit() else word for word in words]
 
 
-def _same_word(a: str, b: str) -> bool:
-    return a == b or (min(len(a), len(b)) >= 4 and a[:4] == b[:4] and abs(len(a) - len(b)) <= 3)
+@lru_cache(maxsize=8192)
+def sound_key(word: str) -> str:
+    """A cheap phonetic key (consonants only, voiced and voiceless pairs merged): Whisper mishears
+    a quiet, reverberant echo as words that sound alike ("Harris" for "Paris", "fast" for "vast",
+    "this guy" for "the sky"), not as the same letters."""
+    for pattern, sound in _SOUNDS:
+        word = pattern.sub(sound, word)
+    return word
 
 
 class SpokenWords:
@@ -106,23 +132,46 @@ class SpokenWords:
             self._words.append((starts_at + duration_s * i / max(len(words), 1), word))
 
     def echoes(self, text: str, now: float) -> bool:
-        """Whether ``text`` is the bot's recent words heard again: all of them in order, but one
-        word in four (the STT mishears a quiet, filtered echo)."""
-        heard = _normalise(text)
-        recent = [word for at, word in self._words if now - self.window_s <= at <= now]
+        """Whether ``text`` is the bot's recent words heard again. What leaks past the canceller is
+        quiet and reverberant, and Whisper hears it as words that sound alike, split differently
+        ("this guy is" for "the sky is"), plus now and then a word of its own: so the words are
+        matched by sound against the stretch of recent speech they fit best, and the user is
+        heard only where enough of the words that carry sound (not "a", "on", "the") are not
+        explained by it. Words of one sound or none ("no", "oh") alone must be spoken words."""
+        heard = _normalise(text)[:MAX_HEARD_WORDS]
+        recent = [word for at, word in self._words if now - self.window_s <= at <= now + PLAY_SLACK_S]
         if not heard or not recent:
             return False
-        return len(heard) - _common_in_order(heard, recent) <= len(heard) // 4
+        strong = [len(sound_key(word)) >= STRONG for word in heard]
+        if not any(strong):
+            return all(word in recent for word in heard)
+        explained = _explained(heard, recent)
+        unexplained = sum(s and not e for s, e in zip(strong, explained, strict=True))
+        return unexplained <= (sum(strong) - 1) // 4  # one in four of longer ones may be the STT's own
 
 
-def _common_in_order(heard: list[str], spoken: list[str]) -> int:
-    """The longest common subsequence of two word lists (short lists: plain dynamic programming)."""
-    previous = [0] * (len(spoken) + 1)
-    for word in heard:
-        current = [0]
-        for j, other in enumerate(spoken, 1):
-            current.append(
-                previous[j - 1] + 1 if _same_word(word, other) else max(previous[j], current[j - 1])
-            )
-        previous = current
-    return previous[-1]
+def _explained(heard: list[str], spoken: list[str]) -> list[bool]:
+    """For each heard word, whether it sounds like one of the ``spoken`` words (or two of them
+    run together), or it and a neighbour run together sound the same ("this guy" for "the sky")."""
+    units = {*spoken, *("".join(pair) for pair in pairwise(spoken))}
+    unit_keys = {sound_key(unit) for unit in units}
+    pairs = [sound_key("".join(pair)) in unit_keys for pair in pairwise(heard)]
+    return [
+        any(sounds_alike(word, unit) for unit in units)
+        or (i > 0 and pairs[i - 1])
+        or (i < len(pairs) and pairs[i])
+        for i, word in enumerate(heard)
+    ]
+
+
+@lru_cache(maxsize=8192)  # the same recent words come back at every check
+def sounds_alike(a: str, b: str) -> bool:
+    """The same sound key, or a close one spelt much alike ("Harris" and "Paris"; not "stop" and
+    "vast", whose keys are as close)."""
+    key_a, key_b = sound_key(a), sound_key(b)
+    return key_a == key_b or (_close(key_a, key_b) and _close(a, b))
+
+
+def _close(a: str, b: str) -> bool:
+    matcher = SequenceMatcher(None, a, b)  # cheap upper bounds first: most pairs are far apart
+    return all(ratio() >= ALIKE for ratio in (matcher.real_quick_ratio, matcher.quick_ratio, matcher.ratio))
