@@ -133,11 +133,12 @@ class SpokenWords:
 
     def echoes(self, text: str, now: float) -> bool:
         """Whether ``text`` is the bot's recent words heard again. What leaks past the canceller is
-        quiet and reverberant, and Whisper hears it as words that sound alike, split differently
-        ("this guy is" for "the sky is"), plus now and then a word of its own: so the words are
-        matched by sound against the stretch of recent speech they fit best, and the user is
-        heard only where enough of the words that carry sound (not "a", "on", "the") are not
-        explained by it. Words of one sound or none ("no", "oh") alone must be spoken words."""
+        quiet and reverberant: Whisper hears it as words that sound alike, split differently
+        ("this guy is" for "the sky is"), with now and then a word of its own. So each heard word
+        is matched by sound against the words played in the window, and the user is heard only
+        where words that carry sound ("stop", not "a", "on", "the") are left unexplained: any of
+        up to four, one in four of more. Words of one sound or none ("no", "oh") alone must be
+        words the bot played."""
         heard = _normalise(text)[:MAX_HEARD_WORDS]
         recent = [word for at, word in self._words if now - self.window_s <= at <= now + PLAY_SLACK_S]
         if not heard or not recent:
@@ -147,7 +148,7 @@ class SpokenWords:
             return all(word in recent for word in heard)
         explained = _explained(heard, recent)
         unexplained = sum(s and not e for s, e in zip(strong, explained, strict=True))
-        return unexplained <= (sum(strong) - 1) // 4  # one in four of longer ones may be the STT's own
+        return unexplained <= (sum(strong) - 1) // 4
 
 
 def _explained(heard: list[str], spoken: list[str]) -> list[bool]:
