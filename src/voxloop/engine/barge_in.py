@@ -44,6 +44,7 @@ BACKCHANNELS = frozenset(
 )
 ECHO_WINDOW_S = 6.0  # how long the bot's words may come back (reply lead + echo delay + STT time)
 PLAY_SLACK_S = 0.5  # a piece's words are timed evenly over it: one may play a little before its time
+ECHO_KEPT = 0.25  # below this share of its sound kept by the echo canceller, speech is the bot's echo
 MAX_HEARD_WORDS = 16  # a barge-in check transcribes at most ~2 s: this bounds the matching work
 
 
@@ -131,14 +132,21 @@ class SpokenWords:
         for i, word in enumerate(words):
             self._words.append((starts_at + duration_s * i / max(len(words), 1), word))
 
-    def echoes(self, text: str, now: float) -> bool:
+    def echoes(self, text: str, now: float, kept: float = 1.0) -> bool:
         """Whether ``text`` is the bot's recent words heard again. What leaks past the canceller is
         quiet and reverberant: Whisper hears it as words that sound alike, split differently
         ("this guy is" for "the sky is"), with now and then a word of its own. So each heard word
         is matched by sound against the words played in the window, and the user is heard only
         where words that carry sound ("stop", not "a", "on", "the") are left unexplained: any of
         up to four, one in four of more. Words of one sound or none ("no", "oh") alone must be
-        words the bot played."""
+        words the bot played.
+
+        ``kept`` is the share of the utterance's sound the echo canceller let through: the user,
+        alone or over the bot, keeps most of it; the bot's echo alone keeps little, and Whisper
+        makes up words from what is left ("Thank you.", "This one."), which no matching explains.
+        """
+        if kept < ECHO_KEPT:
+            return True
         heard = _normalise(text)[:MAX_HEARD_WORDS]
         recent = [word for at, word in self._words if now - self.window_s <= at <= now + PLAY_SLACK_S]
         if not heard or not recent:
