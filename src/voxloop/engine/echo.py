@@ -34,6 +34,7 @@ JUMP = 4.0  # samples: an estimate this far off the fitted line means the playba
 MAX_DRIFT = 400e-6
 TAPS = np.arange(-7, 9)  # fractional-delay interpolation: 16-tap windowed sinc
 TAPER = np.hanning(len(TAPS) + 2)[1:-1]
+NOISE_PERCENTILE = 20  # the room's noise level: most packets hold no speech, or only cancelled echo
 LEDGER = 1024  # process() calls whose energy in and out ``kept`` remembers (20 ms packets: ~20 s)
 
 
@@ -177,15 +178,20 @@ class EchoGuard:
         return out
 
     def kept(self, samples: int) -> float:
-        """The share of the microphone's energy over its last ``samples`` that the guard let
-        through: about 1 for the user alone or talking over the echo (the canceller keeps double
-        talk), far less for the bot's echo alone, whose leftovers Whisper still reads as words."""
+        """The share of the microphone's sound over its last ``samples``, above the room's steady
+        noise (a fan), that the guard let through: near 1 for the user, alone or talking over the
+        echo (the canceller keeps double talk), far less for the bot's echo alone, whose leftovers
+        Whisper still reads as words. 1.0 when nothing rose above the noise."""
+        levels = [energy_out / length for length, _, energy_out in self._ledger if length]
+        floor = float(np.percentile(levels, NOISE_PERCENTILE)) if levels else 0.0
         heard = kept = 0.0
         counted = 0
         for length, energy_in, energy_out in reversed(self._ledger):
             if counted >= samples:
                 break
-            heard, kept, counted = heard + energy_in, kept + energy_out, counted + length
+            heard += max(energy_in - floor * length, 0.0)
+            kept += max(energy_out - floor * length, 0.0)
+            counted += length
         return min(kept / heard, 1.0) if heard > 0.0 else 1.0
 
     def _cancel(self, mic: np.ndarray, start: int) -> np.ndarray:
