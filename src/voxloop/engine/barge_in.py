@@ -44,7 +44,7 @@ BACKCHANNELS = frozenset(
 )
 ECHO_WINDOW_S = 6.0  # how long the bot's words may come back (reply lead + echo delay + STT time)
 PLAY_SLACK_S = 0.5  # a piece's words are timed evenly over it: one may play a little before its time
-ECHO_KEPT = 0.35  # below this share of its sound kept by the echo canceller, speech is the bot's echo
+ECHO_KEPT = 0.25  # below this share of its sound kept by the echo canceller, speech is the bot's echo
 MAX_HEARD_WORDS = 16  # a barge-in check transcribes at most ~2 s: this bounds the matching work
 
 
