@@ -80,3 +80,16 @@ def test_the_user_talking_over_the_bot_is_not_its_echo() -> None:
         spoken.played(said, starts_at=100.0, duration_s=2.0)
         for text in heard:
             assert not spoken.echoes(text, now=102.5), (said, text)
+
+
+def test_sound_the_canceller_mostly_removed_is_echo_and_a_bot_word_in_it_confirms_it() -> None:
+    """``kept``: the share of the speech's sound the echo canceller let through (the user keeps
+    0.66-0.80 at -6 dB, the echo alone 0.1-0.37)."""
+    spoken = SpokenWords(window_s=6.0)
+    spoken.played("Paris is the capital of France.", starts_at=100.0, duration_s=2.0)
+    assert spoken.echoes("Thank you.", now=102.5, kept=0.1)  # words made up from the leftovers
+    assert not spoken.echoes("Thank you.", now=102.5, kept=0.7)  # the user
+    assert spoken.echoes("Harris is good.", now=102.5, kept=0.32)  # the bot's words and one made up
+    assert not spoken.echoes("Harris is good.", now=102.5, kept=0.7)
+    assert not spoken.echoes("Stop.", now=102.5, kept=0.32)  # a bare "stop" in a loud (0 dB) room
+    assert not spoken.echoes("No, I meant Paris in France.", now=102.5, kept=0.66)

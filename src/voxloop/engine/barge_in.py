@@ -44,7 +44,12 @@ BACKCHANNELS = frozenset(
 )
 ECHO_WINDOW_S = 6.0  # how long the bot's words may come back (reply lead + echo delay + STT time)
 PLAY_SLACK_S = 0.5  # a piece's words are timed evenly over it: one may play a little before its time
-ECHO_KEPT = 0.25  # below this share of its sound kept by the echo canceller, speech is the bot's echo
+# The share of an utterance's sound the echo canceller let through (``EchoGuard.kept``): below
+# ECHO_KEPT it is the bot's echo whatever its words; below PARTLY_ECHO_KEPT it is echo when any of
+# its words are the bot's ("Harris is good." for "Paris is..."). The user keeps 0.66-0.80 at -6 dB
+# (0.32-0.47 in a 0 dB room), the echo alone 0.1-0.37 (docs/turn-taking.md).
+ECHO_KEPT = 0.25
+PARTLY_ECHO_KEPT = 0.45
 MAX_HEARD_WORDS = 16  # a barge-in check transcribes at most ~2 s: this bounds the matching work
 
 
@@ -143,7 +148,8 @@ class SpokenWords:
 
         ``kept`` is the share of the utterance's sound the echo canceller let through: the user,
         alone or over the bot, keeps most of it; the bot's echo alone keeps little, and Whisper
-        makes up words from what is left ("Thank you.", "This one."), which no matching explains.
+        makes up words from what is left ("Thank you.", "This one."), which no matching explains,
+        or adds them to the bot's ("Harris is good.").
         """
         if kept < ECHO_KEPT:
             return True
@@ -154,9 +160,10 @@ class SpokenWords:
         strong = [len(sound_key(word)) >= STRONG for word in heard]
         if not any(strong):
             return all(word in recent for word in heard)
-        explained = _explained(heard, recent)
-        unexplained = sum(s and not e for s, e in zip(strong, explained, strict=True))
-        return unexplained <= (sum(strong) - 1) // 4
+        explained = [e for s, e in zip(strong, _explained(heard, recent), strict=True) if s]
+        if kept < PARTLY_ECHO_KEPT and any(explained):
+            return True  # mostly echo by its sound, and some of the bot's words in it
+        return explained.count(False) <= (len(explained) - 1) // 4
 
 
 def _explained(heard: list[str], spoken: list[str]) -> list[bool]:
