@@ -68,6 +68,9 @@ def llama_cpp_batched(counts: list[int], threads: int, tokens: int) -> dict[int,
                 batch.n_tokens += 1
             assert lc.llama_decode(ctx, batch) == 0
             pos.append(len(prompt))
+        # llama.cpp runs any batch of more than one token on n_threads_batch: pin decode steps to
+        # ``threads`` so one sequence and several are measured on the same cores
+        lc.llama_set_n_threads(ctx, threads, threads)
         # first token of each from its prefill logits is skipped: measure steady decode
         current = [int(prompts[s][-1]) for s in range(n)]
         started = time.perf_counter()
@@ -90,6 +93,7 @@ def llama_cpp_batched(counts: list[int], threads: int, tokens: int) -> dict[int,
                 produced += 1
         elapsed = time.perf_counter() - started
         results[n] = produced / elapsed
+        lc.llama_set_n_threads(ctx, threads, 2)
         lc.llama_batch_free(batch)
         print(
             f"llama-cpp-python batch n={n}: {produced / elapsed:.1f} tok/s total, "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.server import free_port
 from tests.speech import mentions
@@ -92,6 +93,102 @@ async def test_stopping_the_stream_stops_generation(llama: LlamaLlm, how: str) -
     stopped = time.perf_counter()
     await workers.run_in(workers.LLM, lambda: None)
     assert time.perf_counter() - stopped < 0.5
+
+
+def prompt_tokens(how: str) -> float:
+    return REGISTRY.get_sample_value("voxloop_llm_prompt_tokens_total", {"how": how}) or 0.0
+
+
+QUESTIONS = "Say hello.", "What is two plus two?", "Name a colour.", "What do bees make?"
+
+
+def ask(question: str, system: str = SYSTEM) -> list[ChatMessage]:
+    return [ChatMessage("system", system), ChatMessage("user", question)]
+
+
+async def test_conversations_decoded_together_each_get_their_own_answer(llama: LlamaLlm) -> None:
+    cities = {"paris": "France", "rome": "Italy", "tokyo": "Japan"}
+    answers = await asyncio.gather(
+        *(
+            collect(llama.stream(ask(f"What is the capital of {country}?"), temperature=0.0))
+            for country in cities.values()
+        )
+    )
+    for city, events in zip(cities, answers, strict=True):
+        assert mentions(text_of(events), city), (city, text_of(events))
+        assert isinstance(events[-1], Usage) and events[-1].finish_reason == "stop", events[-1]
+
+
+async def test_a_conversations_next_turn_reuses_its_evaluated_prompt(llama: LlamaLlm) -> None:
+    first = ask("Name three colours.")
+    events = await collect(llama.stream(first, temperature=0.0))
+    await collect(llama.stream(ask("What do bees make?"), temperature=0.0))  # another conversation meanwhile
+    before = prompt_tokens("evaluated"), prompt_tokens("reused")
+    follow_up = [*first, ChatMessage("assistant", text_of(events)), ChatMessage("user", "One more, please.")]
+    events = await collect(llama.stream(follow_up, temperature=0.0))
+    evaluated, reused = prompt_tokens("evaluated") - before[0], prompt_tokens("reused") - before[1]
+    usage = events[-1]
+    assert isinstance(usage, Usage) and evaluated + reused == usage.input_tokens, (evaluated, reused, usage)
+    # Only the new user message (and its template) is read; the first turn and its answer are kept.
+    assert evaluated <= 16, (evaluated, reused)
+
+
+async def test_a_reply_that_is_due_overtakes_one_with_audio_buffered(llama: LlamaLlm) -> None:
+    order: list[str] = []
+    counting = asyncio.Event()
+
+    async def buffered_reply() -> None:
+        workers.DUE.set(lambda: time.monotonic() + 60)  # a minute of its audio is still to play
+        stream = llama.stream(
+            ask("Count from 1 to 300, separated by commas."), max_tokens=400, temperature=0.0
+        )
+        async with aclosing(stream) as events:
+            async for _ in events:
+                order.append("buffered")
+                counting.set()
+
+    task = asyncio.create_task(buffered_reply())
+    try:
+        await counting.wait()
+        async for event in llama.stream(ask("What is the capital of France?"), temperature=0.0):
+            if isinstance(event, TextDelta):
+                order.append("due")
+        due = [i for i, who in enumerate(order) if who == "due"]
+        # While the user waits for an answer the buffered reply sits its steps out, then goes on.
+        assert "buffered" not in order[due[0] : due[-1]], order
+        counting.clear()
+        await asyncio.wait_for(counting.wait(), 30)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_more_conversations_than_sequences_wait_and_a_full_cache_makes_room() -> None:
+    llm = LlamaLlm(Settings(llm_slots=3, llm_cache_tokens=256))
+    # Four conversations at once on three sequences: one waits for a free sequence; all answer.
+    answers = await asyncio.gather(
+        *(collect(llm.stream(ask(question), max_tokens=8, temperature=0.0)) for question in QUESTIONS)
+    )
+    for events in answers:
+        assert isinstance(events[-1], Usage) and events[-1].output_tokens > 0, events
+    # ~170 tokens each: an idle conversation and a new one do not fit in 256 cells; the least
+    # recently used makes room, and its next turn is read again.
+    topics = "bees", "rivers", "mountains"
+    long_prompts = [
+        f"You talk about {topic}. " + "Answer in one short sentence, please. " * 18 for topic in topics
+    ]
+    for system in [*long_prompts, long_prompts[0]]:
+        events = await collect(llm.stream(ask("Say hello.", system), max_tokens=4, temperature=0.0))
+        assert isinstance(events[-1], Usage) and events[-1].output_tokens > 0, events
+    # A prompt larger than the whole cache fails clearly; a reply in progress beside it goes on.
+    counting = llm.stream(ask("Count from 1 to 50, separated by commas."), max_tokens=30, temperature=0.0)
+    async with aclosing(counting):
+        first = await anext(counting)
+        with pytest.raises(LlmError, match="KV cache"):
+            await collect(llm.stream(ask("Say hello.", "Answer in one short sentence, please. " * 45)))
+        rest = await collect(counting)
+    assert isinstance(first, TextDelta) and isinstance(rest[-1], Usage) and rest[-1].output_tokens == 30, rest
 
 
 async def test_tool_call_then_answer_from_result(llama: LlamaLlm) -> None:

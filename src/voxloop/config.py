@@ -120,7 +120,10 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 256
     llm_temperature: float = 0.6
-    llm_cache_mb: int = 256  # conversations' evaluated prompts kept while others use the model
+    # The embedded model's KV cache: a sequence per conversation being answered or kept between
+    # turns (the least recently used gives way), sharing this many cells (~12 KB each for the 0.5B).
+    llm_slots: int = Field(8, ge=1, le=64)
+    llm_cache_tokens: int = Field(16384, ge=256)
     spoken_style: bool = Field(
         True, description="Append a 'short, plain spoken sentences' instruction to every prompt."
     )

