@@ -62,6 +62,8 @@ def test_the_user_talking_over_the_bot_is_not_its_echo() -> None:
     """Interruptions said over a reply are the user even when they share a word or two with it."""
     heard_over = {
         "The universe is vast and complex.": ["Stop.", "Wait.", "No.", "Stop, I have a different question."],
+        "A small cat in a funny story.": ["Stop."],  # "stop" sounds a little like "story"
+        "Time to trade in a small cat.": ["Did you read it?"],
         "A man named Sam went to a bar.": [
             "Wait, what about tomorrow?",
             "Sorry, can we talk about something else?",

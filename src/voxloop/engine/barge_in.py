@@ -105,7 +105,8 @@ _SOUNDS = [
         r"z>s j>x [hwy](?![aeiou])> [aeiou']> (.)\1+>\1".split()
     )
 ]
-ALIKE = 0.6  # similarity (difflib ratio) of both the sound keys and the spellings of words heard alike
+# Words heard alike: sound keys this similar (difflib ratio) and spellings this similar too.
+ALIKE_SOUND, ALIKE_SPELLING = 0.6, 0.7  # "Harris"/"Paris" 0.67/0.73; "stop"/"story" 0.67/0.67
 STRONG = 2  # sound-key letters a word needs to count on its own ("stop", not "on" or "a")
 
 
@@ -183,11 +184,11 @@ def _explained(heard: list[str], spoken: list[str]) -> list[bool]:
 @lru_cache(maxsize=8192)  # the same recent words come back at every check
 def sounds_alike(a: str, b: str) -> bool:
     """The same sound key, or a close one spelt much alike ("Harris" and "Paris"; not "stop" and
-    "vast", whose keys are as close)."""
+    "story" or "vast", whose keys are as close)."""
     key_a, key_b = sound_key(a), sound_key(b)
-    return key_a == key_b or (_close(key_a, key_b) and _close(a, b))
+    return key_a == key_b or (_close(key_a, key_b, ALIKE_SOUND) and _close(a, b, ALIKE_SPELLING))
 
 
-def _close(a: str, b: str) -> bool:
+def _close(a: str, b: str, least: float) -> bool:
     matcher = SequenceMatcher(None, a, b)  # cheap upper bounds first: most pairs are far apart
-    return all(ratio() >= ALIKE for ratio in (matcher.real_quick_ratio, matcher.quick_ratio, matcher.ratio))
+    return all(ratio() >= least for ratio in (matcher.real_quick_ratio, matcher.quick_ratio, matcher.ratio))
