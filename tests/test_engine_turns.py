@@ -212,6 +212,24 @@ async def test_words_over_a_reply_cut_it_and_the_history_keeps_what_was_heard(ha
     assert statuses.index(("interrupted", 1)) < statuses.index(("thinking", 2))
 
 
+async def test_words_in_sound_the_echo_guard_mostly_removed_are_echo(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whisper reads words ("This one.") into what the canceller leaves of the bot's own voice:
+    speech whose sound the guard mostly removed neither cuts the reply nor becomes a turn."""
+    weighed: list[int] = []
+    monkeypatch.setattr(harness.session.echo, "kept", lambda samples: weighed.append(samples) or 0.1)
+    harness.backends.llm.script("tell me a story", LONG_REPLY)
+    await harness.session.reply("tell me a story")
+    await harness.until(lambda: len(harness.of(events.AudioOut)) >= 10)
+    await harness.mic.say("this one", seconds=0.4)
+    await harness.mic.pause(0.6)
+    done = await harness.event(events.ResponseDone)
+    assert not done.interrupted and not harness.of(events.Interrupted)
+    assert harness.history() == [("user", "tell me a story"), ("assistant", LONG_REPLY)]
+    assert weighed and max(weighed) >= 0.4 * 16000  # the whole utterance, not its last packet
+
+
 async def test_words_below_the_barge_in_rules_do_not_cut(harness: Harness) -> None:
     harness.session.config.barge_in.min_words = 3
     harness.backends.llm.script("tell me a story", LONG_REPLY)

@@ -14,6 +14,9 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from difflib import SequenceMatcher
+from functools import lru_cache
+from itertools import pairwise
 
 from voxloop.backends.stt.base import Transcript
 
@@ -40,6 +43,14 @@ BACKCHANNELS = frozenset(
     | {"alright", "all right", "got it", "true", "exactly", "nice", "wow", "great", "good", "ya", "yah"}
 )
 ECHO_WINDOW_S = 6.0  # how long the bot's words may come back (reply lead + echo delay + STT time)
+PLAY_SLACK_S = 0.5  # a piece's words are timed evenly over it: one may play a little before its time
+# The share of an utterance's sound the echo canceller let through (``EchoGuard.kept``): below
+# ECHO_KEPT it is the bot's echo whatever its words; below PARTLY_ECHO_KEPT it is echo when any of
+# its words are the bot's ("Harris is good." for "Paris is..."). The user keeps 0.66-0.80 at -6 dB
+# (0.32-0.47 in a 0 dB room), the echo alone 0.1-0.37 (docs/turn-taking.md).
+ECHO_KEPT = 0.25
+PARTLY_ECHO_KEPT = 0.45
+MAX_HEARD_WORDS = 16  # a barge-in check transcribes at most ~2 s: this bounds the matching work
 
 
 def meaningful_words(text: str, fillers: frozenset[str]) -> list[str]:
@@ -84,12 +95,34 @@ class BargeInRules:
         )
 
 
+NUMBERS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve".split()))
+# Spellings that sound alike, rewritten in turn ("pattern>sound"): a key for how a word sounds.
+_SOUNDS = [
+    (re.compile(pattern), sound)
+    for pattern, sound in (
+        rule.split(">")
+        for rule in r"x>ks tch>x sch>sk ph>f th>0 sh>x ch>x ck>k wh>w gh> c(?=[eiy])>s [cgq]>k b>p d>t v>f "
+        r"z>s j>x [hwy](?![aeiou])> [aeiou']> (.)\1+>\1".split()
+    )
+]
+# Words heard alike: sound keys this similar (difflib ratio) and spellings this similar too.
+ALIKE_SOUND, ALIKE_SPELLING = 0.6, 0.7  # "Harris"/"Paris" 0.67/0.73; "stop"/"story" 0.67/0.67
+STRONG = 2  # sound-key letters a word needs to count on its own ("stop", not "on" or "a")
+
+
 def _normalise(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    return [NUMBERS.get(int(word), word) if word.isdigit() else word for word in words]
 
 
-def _same_word(a: str, b: str) -> bool:
-    return a == b or (min(len(a), len(b)) >= 4 and a[:4] == b[:4] and abs(len(a) - len(b)) <= 3)
+@lru_cache(maxsize=8192)
+def sound_key(word: str) -> str:
+    """A cheap phonetic key (consonants only, voiced and voiceless pairs merged): Whisper mishears
+    a quiet, reverberant echo as words that sound alike ("Harris" for "Paris", "fast" for "vast",
+    "this guy" for "the sky"), not as the same letters."""
+    for pattern, sound in _SOUNDS:
+        word = pattern.sub(sound, word)
+    return word
 
 
 class SpokenWords:
@@ -105,24 +138,57 @@ class SpokenWords:
         for i, word in enumerate(words):
             self._words.append((starts_at + duration_s * i / max(len(words), 1), word))
 
-    def echoes(self, text: str, now: float) -> bool:
-        """Whether ``text`` is the bot's recent words heard again: all of them in order, but one
-        word in four (the STT mishears a quiet, filtered echo)."""
-        heard = _normalise(text)
-        recent = [word for at, word in self._words if now - self.window_s <= at <= now]
+    def echoes(self, text: str, now: float, kept: float = 1.0) -> bool:
+        """Whether ``text`` is the bot's recent words heard again. What leaks past the canceller is
+        quiet and reverberant: Whisper hears it as words that sound alike, split differently
+        ("this guy is" for "the sky is"), with now and then a word of its own. So each heard word
+        is matched by sound against the words played in the window, and the user is heard only
+        where words that carry sound ("stop", not "a", "on", "the") are left unexplained: any of
+        up to four, one in four of more. Words of one sound or none ("no", "oh") alone must be
+        words the bot played.
+
+        ``kept`` is the share of the utterance's sound the echo canceller let through: the user,
+        alone or over the bot, keeps most of it; the bot's echo alone keeps little, and Whisper
+        makes up words from what is left ("Thank you.", "This one."), which no matching explains,
+        or adds them to the bot's ("Harris is good.").
+        """
+        if kept < ECHO_KEPT:
+            return True
+        heard = _normalise(text)[:MAX_HEARD_WORDS]
+        recent = [word for at, word in self._words if now - self.window_s <= at <= now + PLAY_SLACK_S]
         if not heard or not recent:
             return False
-        return len(heard) - _common_in_order(heard, recent) <= len(heard) // 4
+        strong = [len(sound_key(word)) >= STRONG for word in heard]
+        if not any(strong):
+            return all(word in recent for word in heard)
+        explained = [e for s, e in zip(strong, _explained(heard, recent), strict=True) if s]
+        if kept < PARTLY_ECHO_KEPT and any(explained):
+            return True  # mostly echo by its sound, and some of the bot's words in it
+        return explained.count(False) <= (len(explained) - 1) // 4
 
 
-def _common_in_order(heard: list[str], spoken: list[str]) -> int:
-    """The longest common subsequence of two word lists (short lists: plain dynamic programming)."""
-    previous = [0] * (len(spoken) + 1)
-    for word in heard:
-        current = [0]
-        for j, other in enumerate(spoken, 1):
-            current.append(
-                previous[j - 1] + 1 if _same_word(word, other) else max(previous[j], current[j - 1])
-            )
-        previous = current
-    return previous[-1]
+def _explained(heard: list[str], spoken: list[str]) -> list[bool]:
+    """For each heard word, whether it sounds like one of the ``spoken`` words (or two of them
+    run together), or it and a neighbour run together sound the same ("this guy" for "the sky")."""
+    units = {*spoken, *("".join(pair) for pair in pairwise(spoken))}
+    unit_keys = {sound_key(unit) for unit in units}
+    pairs = [sound_key("".join(pair)) in unit_keys for pair in pairwise(heard)]
+    return [
+        any(sounds_alike(word, unit) for unit in units)
+        or (i > 0 and pairs[i - 1])
+        or (i < len(pairs) and pairs[i])
+        for i, word in enumerate(heard)
+    ]
+
+
+@lru_cache(maxsize=8192)  # the same recent words come back at every check
+def sounds_alike(a: str, b: str) -> bool:
+    """The same sound key, or a close one spelt much alike ("Harris" and "Paris"; not "stop" and
+    "story" or "vast", whose keys are as close)."""
+    key_a, key_b = sound_key(a), sound_key(b)
+    return key_a == key_b or (_close(key_a, key_b, ALIKE_SOUND) and _close(a, b, ALIKE_SPELLING))
+
+
+def _close(a: str, b: str, least: float) -> bool:
+    matcher = SequenceMatcher(None, a, b)  # cheap upper bounds first: most pairs are far apart
+    return all(ratio() >= least for ratio in (matcher.real_quick_ratio, matcher.quick_ratio, matcher.ratio))

@@ -34,6 +34,8 @@ JUMP = 4.0  # samples: an estimate this far off the fitted line means the playba
 MAX_DRIFT = 400e-6
 TAPS = np.arange(-7, 9)  # fractional-delay interpolation: 16-tap windowed sinc
 TAPER = np.hanning(len(TAPS) + 2)[1:-1]
+NOISE_PERCENTILE = 20  # the room's noise level: most packets hold no speech, or only cancelled echo
+LEDGER = 1024  # process() calls whose energy in and out ``kept`` remembers (20 ms packets: ~20 s)
 
 
 class DelayTrack:
@@ -94,6 +96,7 @@ class EchoGuard:
         self._unframed = np.zeros(0, dtype=np.float32)  # input not yet a whole canceller frame
         self._framed_at = 0  # mic position of _unframed[0]
         self._held = np.zeros(0, dtype=np.float32)  # output waiting for the next ``process``
+        self._ledger: deque[tuple[int, float, float]] = deque(maxlen=LEDGER)  # (samples, energy in, out)
 
     def add_reference(self, samples: np.ndarray, starts_in_s: float, contiguous: bool) -> None:
         """Bot audio (16 kHz) the client starts playing ``starts_in_s`` from now.
@@ -170,7 +173,26 @@ class EchoGuard:
             out, self._held = np.concatenate([self._held, out]), np.zeros(0, dtype=np.float32)
         # Clear the reference that is now older than any delay we search, so the ring can be reused.
         self._ref[(start - MAX_DELAY - WINDOW + np.arange(len(mic))) % HISTORY] = 0.0
-        return np.zeros_like(out) if uncertain else out  # likely our own echo: no turn from it
+        out = np.zeros_like(out) if uncertain else out  # likely our own echo: no turn from it
+        self._ledger.append((len(mic), float(np.dot(mic, mic)), float(np.dot(out, out))))
+        return out
+
+    def kept(self, samples: int) -> float:
+        """The share of the microphone's sound over its last ``samples``, above the room's steady
+        noise (a fan), that the guard let through: near 1 for the user, alone or talking over the
+        echo (the canceller keeps double talk), far less for the bot's echo alone, whose leftovers
+        Whisper still reads as words. 1.0 when nothing rose above the noise."""
+        levels = [energy_out / length for length, _, energy_out in self._ledger if length]
+        floor = float(np.percentile(levels, NOISE_PERCENTILE)) if levels else 0.0
+        heard = kept = 0.0
+        counted = 0
+        for length, energy_in, energy_out in reversed(self._ledger):
+            if counted >= samples:
+                break
+            heard += max(energy_in - floor * length, 0.0)
+            kept += max(energy_out - floor * length, 0.0)
+            counted += length
+        return min(kept / heard, 1.0) if heard > 0.0 else 1.0
 
     def _cancel(self, mic: np.ndarray, start: int) -> np.ndarray:
         """The canceller's output for every whole frame now available."""

@@ -51,6 +51,7 @@ class PendingTurn:
     task: asyncio.Task[None] | None = None
     reply: ReplyHandle | None = None  # the reply prepared for it, once there is one
     committed_at: float = 0.0  # monotonic time the user was found done (for the per-turn log)
+    kept: float = 1.0  # share of its sound the echo guard let through (low: the bot's own echo)
 
     def commit(self) -> None:
         self.committed_at = time.monotonic()
@@ -137,6 +138,7 @@ class TurnTaker:
 
     def _start_turn(self, audio: np.ndarray, committed: bool) -> None:
         pending = PendingTurn(audio, self.segmenter.position, self.last_voiced_at)
+        pending.kept = self.session.echo.kept(len(audio))
         if committed:
             pending.commit()
         pending.task = self.session._spawn(self._turn(pending))
@@ -158,15 +160,11 @@ class TurnTaker:
             # Any reply still playing (paused or not: a late transcript may come after the barge-in
             # window let it resume) is cut only by words that pass the barge-in rules.
             over_reply = self.session.current is not None and self.session.config.barge_in.enabled
-            if not self.has_words(text) or (over_reply and not self.may_barge(transcript)):
+            words = self.has_words(text, pending.kept)
+            if not words or (over_reply and not self.may_barge(transcript, pending.kept)):
                 await pending.committed.wait()
                 config = self.session.config
-                if (
-                    over_reply
-                    and config.auto_reply
-                    and self.has_words(text)
-                    and not config.barge_in.backchannel(text)
-                ):
+                if over_reply and config.auto_reply and words and not config.barge_in.backchannel(text):
                     self.session.next_turn = (
                         text.strip()
                     )  # words, not an interruption: answered after the reply
@@ -239,16 +237,18 @@ class TurnTaker:
         finally:
             self.partial = None
 
-    def has_words(self, text: str) -> bool:
+    def has_words(self, text: str, kept: float = 1.0) -> bool:
+        """Whether ``text`` holds the user's words: enough of them, and not the bot's echo (``kept``:
+        the share of the utterance's sound the echo guard let through)."""
         enough = (
             len(meaningful_words(text, self.session.config.filler_words)) >= self.session.config.min_words
         )
-        return enough and not self.session.player.spoken.echoes(text, time.monotonic())
+        return enough and not self.session.player.spoken.echoes(text, time.monotonic(), kept)
 
-    def may_barge(self, transcript: Transcript) -> bool:
+    def may_barge(self, transcript: Transcript, kept: float = 1.0) -> bool:
         rules = self.session.config.barge_in
         cooled = time.monotonic() - self.last_barge_at >= rules.cooldown_s
-        echo = self.session.player.spoken.echoes(transcript.text, time.monotonic())
+        echo = self.session.player.spoken.echoes(transcript.text, time.monotonic(), kept)
         return rules.enabled and cooled and rules.qualifies(transcript) and not echo
 
     def pause(self, response: Response) -> None:
@@ -266,13 +266,14 @@ class TurnTaker:
         if position - self.barge_checked_at < rules.check_every_s * VAD_RATE:
             return
         self.barge_checked_at = position
-        self.barge_check = self.session._spawn(
-            self._check_barge_in(current, self.segmenter.utterance_audio())
-        )
+        audio = self.segmenter.utterance_audio()
+        kept = self.session.echo.kept(len(audio))
+        self.barge_check = self.session._spawn(self._check_barge_in(current, audio, kept))
 
-    async def _check_barge_in(self, response: Response, audio: np.ndarray) -> None:
+    async def _check_barge_in(self, response: Response, audio: np.ndarray, kept: float) -> None:
         try:
-            if self.may_barge(await self.session.transcribe(audio)) and self.session.current is response:
+            transcript = await self.session.transcribe(audio)
+            if self.may_barge(transcript, kept) and self.session.current is response:
                 await self.interrupt_for_barge_in(response)
         finally:
             self.barge_check = None
