@@ -95,3 +95,5 @@ def test_sound_the_canceller_mostly_removed_is_echo_and_a_bot_word_in_it_confirm
     assert not spoken.echoes("Harris is good.", now=102.5, kept=0.7)
     assert not spoken.echoes("Stop.", now=102.5, kept=0.32)  # a bare "stop" in a loud (0 dB) room
     assert not spoken.echoes("No, I meant Paris in France.", now=102.5, kept=0.66)
+    # Long after the bot spoke nothing is its echo, however little the guard let through.
+    assert not spoken.echoes("Thank you.", now=120.0, kept=0.1)

@@ -152,12 +152,12 @@ class SpokenWords:
         makes up words from what is left ("Thank you.", "This one."), which no matching explains,
         or adds them to the bot's ("Harris is good.").
         """
-        if kept < ECHO_KEPT:
-            return True
         heard = _normalise(text)[:MAX_HEARD_WORDS]
         recent = [word for at, word in self._words if now - self.window_s <= at <= now + PLAY_SLACK_S]
         if not heard or not recent:
-            return False
+            return False  # the bot said nothing lately: nothing of it can come back
+        if kept < ECHO_KEPT:
+            return True
         strong = [len(sound_key(word)) >= STRONG for word in heard]
         if not any(strong):
             return all(word in recent for word in heard)
