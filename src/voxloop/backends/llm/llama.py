@@ -96,8 +96,8 @@ class LlamaLlm:
                         # Its own context only tokenises; replies are decoded in the engine's.
                         llama = Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False)
                     self._format = _chat_format(llama)
-                    # One thread while generating, both for a prompt when the speech lanes are
-                    # idle: generation with 2 threads collapses whenever the other core is busy.
+                    # Both threads for a step only while the speech lanes are idle: two threads
+                    # collapse (3-10x slower here) whenever the other core is busy.
                     self._engine = BatchedLlama(
                         llama,
                         slots=settings.llm_slots,
