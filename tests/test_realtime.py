@@ -225,7 +225,7 @@ async def test_function_call_round_trip(server: RunningServer) -> None:
                 "audio": {"input": {"turn_detection": None}},
                 "tools": [WEATHER_TOOL],
                 "tool_choice": "auto",
-                "temperature": 0,  # sampling at Realtime's 0.8, the 0.5B model now and then calls again
+                "temperature": 0,  # sampled at 0.8, the 0.5B model once left the tool result unanswered
             }
         )
         await collect(connection, "session.updated", 30)
