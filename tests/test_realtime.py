@@ -259,6 +259,7 @@ async def test_cancel_then_truncate_removes_the_unheard_words(server: RunningSer
                 "type": "realtime",
                 "instructions": "You are a storyteller.",
                 "audio": {"input": {"turn_detection": None}},
+                "temperature": 0,  # sampled, a story once ended before 2 s of audio (and nothing to cancel)
             }
         )
         await collect(connection, "session.updated", 30)
@@ -267,12 +268,18 @@ async def test_cancel_then_truncate_removes_the_unheard_words(server: RunningSer
         )
         await connection.response.create()
         received, audio_s = [], 0.0
-        async for event in connection:
-            received.append(event)
-            if event.type == "response.output_audio.delta":
-                audio_s += len(base64.b64decode(event.delta)) / 2 / RATE
-                if audio_s >= 2.0:
-                    break
+
+        async def two_seconds_of_audio() -> None:
+            nonlocal audio_s
+            async for event in connection:
+                received.append(event)
+                assert event.type != "response.done", "the story ended before 2 s of its audio"
+                if event.type == "response.output_audio.delta":
+                    audio_s += len(base64.b64decode(event.delta)) / 2 / RATE
+                    if audio_s >= 2.0:
+                        return
+
+        await asyncio.wait_for(two_seconds_of_audio(), 120)
         await connection.response.cancel()
         received += await collect(connection, "response.done")
         done = of_type(received, "response.done")[-1].response
