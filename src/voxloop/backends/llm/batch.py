@@ -83,7 +83,9 @@ class Writing:
     produced: int = 0
     stopped: bool = False  # set from the event loop: the caller went away
     sampler: Any = None
-    pieces: codecs.IncrementalDecoder | None = None  # token bytes to text, across split characters
+    pieces: codecs.IncrementalDecoder = field(  # token bytes to text, across split characters
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
 
     def due_at(self, now: float) -> float:
         return self.due() if self.due is not None else now
@@ -203,7 +205,6 @@ class BatchedLlama:
             writing.deliver(LlmError(f"the conversation ({len(writing.prompt)} tokens) exceeds the context"))
             return
         writing.sampler = _sampler(writing.temperature)
-        writing.pieces = _utf8()
         self._waiting.append(writing)
 
     def _place(self, writing: Writing) -> bool:
@@ -216,8 +217,8 @@ class BatchedLlama:
         shared = _shared(best.tokens, prompt)
         resumes = best.writer is None and len(best.tokens) - shared <= RESUME_TAIL
         target = best if resumes else min(idle, key=lambda s: s.used_at)
-        keep = min(len(prompt) - 1, max(shared, _shared(target.tokens, prompt)))  # the last token
-        if target is not best and shared > _shared(target.tokens, prompt):  # is evaluated for logits
+        keep = min(len(prompt) - 1, shared)  # the last token is evaluated again, for its logits
+        if target is not best and shared > _shared(target.tokens, prompt):
             llama_cpp.llama_memory_seq_rm(self._memory, target.seq, 0, -1)
             llama_cpp.llama_memory_seq_cp(self._memory, best.seq, target.seq, 0, keep)
         else:
@@ -304,7 +305,6 @@ class BatchedLlama:
             self._finish(writing, "stop")
             return
         writing.produced += 1
-        assert writing.pieces is not None
         if piece := writing.pieces.decode(self.model.detokenize([token])):
             writing.deliver(piece)
         writing.next_token = token
@@ -344,10 +344,6 @@ def _sampler(temperature: float) -> Any:
     ):
         llama_cpp.llama_sampler_chain_add(chain, sampler)
     return chain
-
-
-def _utf8() -> codecs.IncrementalDecoder:
-    return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
 def _shared(a: list[int], b: list[int]) -> int:
